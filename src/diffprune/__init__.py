@@ -1,0 +1,13 @@
+"""diffprune: make Stable Diffusion pipelines smaller and faster, and measure what it cost.
+
+The public API: :func:`load` / :func:`save` for pipelines, :mod:`diffprune.measure` for honest numbers,
+:class:`Report` for Markdown/JSON/PNG reports.
+"""
+
+__version__ = "0.1.0"
+
+from diffprune.errors import DiffpruneError  # noqa: E402
+from diffprune.io import load, save  # noqa: E402
+from diffprune.measure import measure_pipeline as measure  # noqa: E402
+
+__all__ = ["DiffpruneError", "__version__", "load", "measure", "save"]

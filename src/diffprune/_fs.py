@@ -1,0 +1,96 @@
+"""Safe outputs: validate an output path before any work, build in a hidden sibling, then rename into place.
+
+A failed or interrupted run therefore leaves no half-written folder, an existing result is only replaced
+when the user asked for it, and nothing is ever written into (or around) an input model folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from diffprune.errors import DiffpruneError
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _inside(path: Path, other: Path) -> bool:
+    return path == other or other in path.parents
+
+
+def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
+                     protect: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Raise :class:`DiffpruneError` unless ``out`` may receive a new result; return it resolved.
+
+    ``protect`` lists input model folders: the output may be neither inside one nor contain one.
+    """
+    target = _resolved(out)
+    for guarded in protect:
+        if guarded is None or not Path(guarded).expanduser().is_dir():
+            continue
+        guarded = _resolved(guarded)
+        if _inside(target, guarded) or _inside(guarded, target):
+            raise DiffpruneError(f"refusing to write {target}: it overlaps the input model folder {guarded}")
+    if target.exists() and not target.is_dir():
+        raise DiffpruneError(f"output path {target} exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise DiffpruneError(f"output folder {target} exists and is not empty (pass --overwrite to replace it)")
+    return target
+
+
+@contextlib.contextmanager
+def staged_dir(out: str | os.PathLike, *, overwrite: bool = False,
+               protect: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``out``; on success it replaces ``out`` atomically.
+
+    On an exception the staging folder is deleted and ``out`` is left exactly as it was.
+    """
+    protect = list(protect)
+    target = check_output_dir(out, overwrite=overwrite, protect=protect)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        yield staging
+        check_output_dir(target, overwrite=overwrite, protect=protect)  # unchanged while we worked?
+        if target.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(trash / "old")
+            staging.rename(target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
+                       protect: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Write a file via a temporary sibling and ``os.replace`` (readers never see a partial file)."""
+    target = _resolved(path)
+    for guarded in protect:
+        if guarded is not None and Path(guarded).expanduser().is_dir() and _inside(target, _resolved(guarded)):
+            raise DiffpruneError(f"refusing to write {target} inside the input model folder {guarded}")
+    if target.is_dir():
+        raise DiffpruneError(f"{target} is a folder, expected a file path")
+    if not target.parent.is_dir():
+        raise DiffpruneError(f"folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), **kwargs)

@@ -1,0 +1,85 @@
+"""An offline CLIP-style BPE tokenizer for pipelines whose real vocabulary is not on disk.
+
+Random-weight pipelines (``random:<arch>``) and the shapes testbed need a tokenizer that works with no
+download. This builds a real ``CLIPTokenizer`` (byte-level BPE, CLIP's special tokens and padding rules)
+whose merges turn a given word list into single tokens; every other string still encodes byte by byte.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 printable stand-ins byte-level BPE uses for raw bytes, in byte order.
+
+    Printable Latin-1 bytes stand for themselves; the others are shifted past U+0100 so that no byte maps
+    to whitespace or a control character (the convention CLIP's vocabulary files follow).
+    """
+    printable = set(range(ord("!"), ord("~") + 1)) | set(range(0xA1, 0xAD)) | set(range(0xAE, 0x100))
+    shifted = 0
+    alphabet = []
+    for byte in range(256):
+        if byte in printable:
+            alphabet.append(chr(byte))
+        else:
+            alphabet.append(chr(256 + shifted))
+            shifted += 1
+    return alphabet
+
+
+def build_vocab(words: Iterable[str] = ()) -> tuple[dict[str, int], list[str]]:
+    """Vocabulary and merge list in CLIP's layout: bytes, bytes+``</w>``, merged tokens, then BOS/EOS.
+
+    Each word (lower-cased, made of bytes the alphabet covers) gets left-to-right merges so that it
+    encodes as one token. The special tokens come last, so EOS has the largest id, as in CLIP (some
+    text-encoder configs pool the hidden state at ``argmax(input_ids)``).
+    """
+    alphabet = _byte_alphabet()
+    byte_to_char = dict(enumerate(alphabet))
+    tokens = list(alphabet) + [c + END_OF_WORD for c in alphabet]
+    known = set(tokens)
+    merges: list[str] = []
+    for word in words:
+        chars = [byte_to_char[b] for b in word.lower().strip().encode("utf-8")]
+        if len(chars) < 2 or any(c.isspace() for c in word.strip()):
+            continue
+        pieces = chars[:-1] + [chars[-1] + END_OF_WORD]
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            merged = current + nxt
+            if merged not in known:
+                merges.append(f"{current} {nxt}")
+                tokens.append(merged)
+                known.add(merged)
+            current = merged
+    tokens += [BOS, EOS]
+    return {tok: i for i, tok in enumerate(tokens)}, merges
+
+
+def build_tokenizer(words: Iterable[str] = (), model_max_length: int = 77):
+    """A ``transformers.CLIPTokenizer`` built from :func:`build_vocab`.
+
+    The vocabulary goes through the standard ``vocab.json`` + ``merges.txt`` files, the one format every
+    transformers version reads, so the tokenizer saves and reloads like any CLIP tokenizer.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_vocab(words)
+    with tempfile.TemporaryDirectory(prefix="diffprune-tok-") as tmp:
+        folder = Path(tmp)
+        (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        (folder / "merges.txt").write_text("".join(f"{m}\n" for m in ["#version: 0.2", *merges]), encoding="utf-8")
+        (folder / "tokenizer_config.json").write_text(
+            json.dumps({"model_max_length": model_max_length, "bos_token": BOS, "eos_token": EOS,
+                        "unk_token": EOS, "pad_token": EOS}),
+            encoding="utf-8",
+        )
+        return CLIPTokenizer.from_pretrained(folder)

@@ -1,0 +1,185 @@
+"""The ``diffprune`` command: parse arguments, call the Python API, print results.
+
+A mistake the user can fix is reported as one line on stderr with exit status 2, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line and our exit code
+        raise _UsageError(f"{self.prog}: error: {message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_source(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE",
+                   help="Hub id, local diffusers folder, single-file checkpoint, or random:<arch> "
+                        "(sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
+    p.add_argument("--config", help="for single-file checkpoints: diffusers folder or Hub id with matching configs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from diffprune import __version__
+
+    parser = _Parser(prog="diffprune", description="Make Stable Diffusion pipelines smaller and faster, "
+                                                   "and measure what it cost.")
+    parser.add_argument("--version", action="version", version=f"diffprune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("info", help="describe a model: family, components, parameters, files")
+    _add_source(p)
+
+    p = sub.add_parser("measure", help="parameters, FLOPs per call (attention included), optional latency")
+    _add_source(p)
+    p.add_argument("--resolution", type=_positive_int, help="image side in pixels (default: the model's own)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="batch size of each call (default 1)")
+    p.add_argument("--latency", type=_positive_int, metavar="N",
+                   help="also time N U-Net calls (median; needs real weights, slow for big models)")
+    p.add_argument("--device", default=None, help="cpu or cuda[:i] (random:<arch> defaults to meta: no memory)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
+
+    p = sub.add_parser("demo", help="load the bundled default pipeline, measure it, write a report")
+    p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    p.add_argument("--source", default=None, help="pipeline to run instead of the bundled default")
+    p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt (others follow)")
+    return parser
+
+
+def _fmt_count(n) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def _print_params(params) -> None:
+    print(f"  {'component':<16}{'class':<30}{'params':>16}{'non-zero':>16}  dtype")
+    for name, c in params.components.items():
+        print(f"  {name:<16}{c.class_name:<30}{c.params:>16,}{_fmt_count(c.nonzero):>16}  {c.dtype}")
+
+
+def _cmd_info(args) -> int:
+    from diffprune import load
+    from diffprune.archs.family import detect_family
+    from diffprune.measure import count_params, default_resolution, disk_usage
+
+    pipe = load(args.source, dtype=args.dtype, config=args.config, device="meta" if
+                args.source.startswith("random:") else None)
+    family = detect_family(pipe)
+    print(f"{args.source}: {family.label} ({type(pipe).__name__}), native resolution "
+          f"{default_resolution(pipe)}px, scheduler {type(pipe.scheduler).__name__}")
+    _print_params(count_params(pipe))
+    path = Path(args.source).expanduser()
+    if path.is_dir():
+        usage = disk_usage(path)
+        parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in usage.components.items())
+        print(f"  on disk: {usage.total_bytes / 2**20:.1f} MiB ({parts})")
+    for step in (getattr(pipe, "_diffprune", None) or {}).get("history", []):
+        print(f"  history: {json.dumps(step)}")
+    return 0
+
+
+def _cmd_measure(args) -> int:
+    from diffprune import load
+    from diffprune._fs import atomic_write_text
+    from diffprune.io import input_folder
+    from diffprune.measure import measure_pipeline
+    from diffprune.report import to_jsonable
+
+    if args.json:
+        target = Path(args.json).expanduser()
+        if target.is_dir() or not target.parent.is_dir():
+            raise _UsageError(f"diffprune measure: error: cannot write --json {args.json}: "
+                              f"{'it is a folder' if target.is_dir() else 'its folder does not exist'}")
+    device = args.device
+    if device is None and args.source.startswith("random:") and not args.latency:
+        device = "meta"
+    pipe = load(args.source, dtype=args.dtype, config=args.config, device=device)
+    m = measure_pipeline(pipe, resolution=args.resolution, batch=args.batch, latency_repeats=args.latency or 0,
+                         source=args.source)
+    print(f"{args.source}: {m.family} at {m.resolution}x{m.resolution}, batch {m.batch}")
+    _print_params(m.params)
+    print("  FLOPs per call (attention included):")
+    print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f})")
+    for name, f in m.text_encoder_flops.items():
+        print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")
+    print(f"    vae decode     {m.vae_decode_flops.tflops:10.4f} TFLOPs")
+    if m.unet_latency:
+        lat = m.unet_latency
+        print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
+                          protect=[input_folder(pipe)])
+        print(f"  wrote {args.json}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from diffprune.demo import DemoConfig, run_demo
+
+    config = DemoConfig(seed=args.seed)
+    if args.source:
+        config.source = args.source
+    if args.steps:
+        config.steps = args.steps
+    result = run_demo(args.out, config, overwrite=args.overwrite)
+    s = result.summary
+    print(f"demo: {s['source']} ({s['family']}), {s['total_params']:,} parameters, "
+          f"{s['unet_tflops'] * 1e3:.3f} GFLOPs per U-Net call, {s['gflops_per_image']:.3f} GFLOPs per image")
+    print(f"report: {result.report_dir / 'report.md'}")
+    return 0
+
+
+_COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "demo": _cmd_demo}
+
+
+def _quiet_libraries() -> None:
+    # Library warnings (e.g. optional torchvision) would bury the CLI's own output and its one-line errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from diffprune.errors import DiffpruneError
+
+    _quiet_libraries()
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _COMMANDS[args.command](args)
+    except (DiffpruneError, _UsageError) as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not message.startswith("diffprune"):
+            message = f"diffprune: error: {message}"
+        print(message, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("diffprune: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,260 @@
+"""Load any supported Stable Diffusion source into a diffusers pipeline, and save one back atomically.
+
+Sources: a Hub id (from the local cache when offline), a local diffusers folder, a single-file
+checkpoint (``.safetensors``/``.ckpt``), a folder saved by diffprune, a bare component folder (e.g. a
+``unet/``), and ``random:<arch>`` for seeded random weights of a published architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from diffprune import archs
+from diffprune._fs import staged_dir
+from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
+from diffprune.errors import DiffpruneError
+
+MANIFEST = "diffprune.json"
+FORMAT_VERSION = 1
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise DiffpruneError(f"unknown dtype '{dtype}' (choose from fp32, fp16, bf16)") from None
+
+
+def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
+    if dtype is None:
+        return {}
+    import diffusers
+
+    # diffusers 0.40 renamed ``torch_dtype`` to ``dtype``; older releases only know the former.
+    major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (0, 40) else {"torch_dtype": dtype}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise DiffpruneError(f"cannot read {path}: {e}") from None
+
+
+def _finish(pipe, *, source: str, component: str | None, device):
+    detect_family(pipe)
+    if device is not None and str(device) not in ("cpu", "meta"):
+        pipe.to(device)
+    info = dict(getattr(pipe, "_diffprune", None) or {})
+    info.setdefault("source", source)
+    info.setdefault("history", [])
+    pipe._diffprune = info
+    if component is None:
+        return pipe
+    part = getattr(pipe, component, None)
+    if part is None:
+        names = sorted(k for k, v in pipe.components.items() if v is not None)
+        raise DiffpruneError(f"the pipeline has no component '{component}' (it has: {', '.join(names)})")
+    return part
+
+
+def _load_component_folder(folder: Path, config: dict, dtype):
+    import diffusers
+    import transformers
+
+    name = config.get("_class_name") or (config.get("architectures") or [None])[0]
+    cls = getattr(diffusers, name, None) if name else None
+    cls = cls or (getattr(transformers, name, None) if name else None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise DiffpruneError(f"{folder} holds a '{name}', which diffprune cannot load")
+    kwargs = _dtype_kwargs(dtype) if cls.__module__.startswith("diffusers") else (
+        {"dtype": dtype} if dtype is not None else {})
+    model = cls.from_pretrained(folder, **kwargs)
+    return model.eval().requires_grad_(False)
+
+
+def _load_pipeline_folder(folder: Path, dtype):
+    from diffusers import DiffusionPipeline
+
+    index = _read_json(folder / "model_index.json")
+    cls_name = index.get("_class_name")
+    if cls_name not in SUPPORTED_PIPELINES:
+        raise DiffpruneError(f"unsupported model: {folder} is a {cls_name}; diffprune supports "
+                             "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
+    manifest_path = folder / MANIFEST
+    if manifest_path.exists():
+        version = _read_json(manifest_path).get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
+    try:
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **_dtype_kwargs(dtype))
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise DiffpruneError(f"cannot load the pipeline in {folder}: {str(e).splitlines()[0]}") from None
+    _check_complete(pipe, folder)
+    if manifest_path.exists():
+        pipe._diffprune = {"source": str(folder), "history": _read_json(manifest_path).get("history", [])}
+    return pipe
+
+
+def _check_complete(pipe, folder: Path) -> None:
+    """Refuse a folder whose weight files lack tensors the model expects.
+
+    diffusers and transformers fill missing weights with random values and only log a warning; a pruned or
+    hand-edited folder must never load that way.
+    """
+    from safetensors import safe_open
+
+    from diffprune.measure.params import model_components
+
+    for name, module in model_components(pipe).items():
+        files = sorted((folder / name).glob("*.safetensors"))
+        if not files:
+            continue  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
+        stored: set[str] = set()
+        for file in files:
+            with safe_open(str(file), framework="pt") as handle:
+                stored.update(handle.keys())
+        missing = [k for k in module.state_dict() if k not in stored]
+        if missing:
+            raise DiffpruneError(f"{folder / name}: {len(missing)} weights are missing from the saved files "
+                                 f"(e.g. '{missing[0]}'); loading would silently use random values")
+
+
+def _load_single_file(path: Path, dtype, config: str | None):
+    import diffusers
+
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                keys = list(f.keys())
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise DiffpruneError(f"{path} is not a readable safetensors file: {e}") from None
+    else:
+        try:
+            state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+        except Exception as e:
+            raise DiffpruneError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
+        keys = list(state.get("state_dict", state).keys())
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise DiffpruneError(f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.' weights)")
+    is_xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
+    cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
+    kwargs = dict(_dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
+    if config is not None:
+        kwargs["config"] = config
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise DiffpruneError(
+            f"cannot load single-file checkpoint {path}: {str(e).splitlines()[0]} — the component configs and "
+            "tokenizer come from the matching Hub model; when offline pass config=<diffusers folder or cached "
+            "Hub id of the same architecture> (CLI: --config)"
+        ) from None
+
+
+def _load_hub(repo_id: str, dtype):
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as dlogging
+
+    try:
+        return DiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **_dtype_kwargs(dtype))
+    except (OSError, ValueError, EnvironmentError):
+        if _offline():
+            raise DiffpruneError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                                 "download it where the Hub is reachable, or pass a local folder") from None
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        return DiffusionPipeline.from_pretrained(repo_id, **_dtype_kwargs(dtype))
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise DiffpruneError(f"cannot load '{repo_id}': it is not a local path, not in the Hugging Face cache, "
+                             f"and the Hub did not provide it ({str(e).splitlines()[0][:160]})") from None
+    finally:
+        dlogging.set_verbosity(verbosity)
+
+
+def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | None = None,
+         component: str | None = None, seed: int = 0, config: str | None = None):
+    """Load ``source`` as a diffusers pipeline (or only ``component`` of it, e.g. ``"unet"``).
+
+    ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
+    parameter counts). ``config`` is only used for single-file checkpoints: a diffusers folder or Hub id
+    whose configs and tokenizer match the checkpoint. Raises :class:`DiffpruneError` with one clear line
+    for anything the user can fix.
+    """
+    dtype = parse_dtype(dtype)
+    text = str(source)
+    if text.startswith("random:"):
+        pipe = archs.build_pipeline(text.split(":", 1)[1], device=device or "cpu", dtype=dtype, seed=seed)
+        return _finish(pipe, source=text, component=component, device=None)
+    path = Path(text).expanduser()
+    if path.is_file():
+        if path.name in ("config.json", "model_index.json"):
+            return load(path.parent, dtype=dtype, device=device, component=component, config=config)
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise DiffpruneError(f"{path} is not a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})")
+        pipe = _load_single_file(path, dtype, config)
+    elif path.is_dir():
+        if (path / "model_index.json").is_file():
+            pipe = _load_pipeline_folder(path, dtype)
+        elif (path / "config.json").is_file():
+            if component is not None:
+                raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")
+            model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
+            return model.to(device) if device else model
+        else:
+            raise DiffpruneError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")
+    elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        pipe = _load_hub(text, dtype)
+    else:
+        raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
+    return _finish(pipe, source=text, component=component, device=device)
+
+
+def input_folder(pipe) -> str | None:
+    """The local folder a pipeline was loaded from, if any (outputs must never be written into it)."""
+    for candidate in ((getattr(pipe, "_diffprune", None) or {}).get("source"), getattr(pipe, "name_or_path", None)):
+        if candidate and Path(str(candidate)).expanduser().is_dir():
+            return str(candidate)
+    return None
+
+
+def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str | None = None) -> Path:
+    """Save ``pipe`` as a diffusers folder (safetensors) plus a ``diffprune.json`` manifest; return the path.
+
+    The folder loads with stock ``DiffusionPipeline.from_pretrained`` and with :func:`load`. It is built in
+    a hidden sibling and renamed into place, so a failure leaves nothing behind.
+    """
+    from diffprune import __version__
+
+    family = detect_family(pipe)
+    if any(p.device.type == "meta" for p in pipe.unet.parameters()):
+        raise DiffpruneError("this pipeline was built on the meta device and has no weights to save")
+    info = dict(getattr(pipe, "_diffprune", None) or {})
+    history = list(info.get("history", []))
+    if note:
+        history.append({"step": "save", "note": note})
+    manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
+                "family": family.value, "source": info.get("source"), "history": history}
+    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir).expanduser().resolve()

@@ -1,0 +1,77 @@
+"""Peak memory of a call: CUDA's allocator statistics on a GPU, sampled resident set size on the CPU."""
+
+from __future__ import annotations
+
+import os
+import resource
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+@dataclass
+class PeakMemory:
+    device: str
+    baseline_bytes: int
+    peak_bytes: int
+    method: str
+
+    @property
+    def delta_bytes(self) -> int:
+        """Extra memory the call needed above what the process held before it."""
+        return max(0, self.peak_bytes - self.baseline_bytes)
+
+
+def current_rss() -> int:
+    """Resident set size of this process in bytes."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except OSError:  # not Linux: fall back to the lifetime peak, the best the OS offers
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _RssSampler(threading.Thread):
+    def __init__(self, interval: float):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.peak = current_rss()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            self.peak = max(self.peak, current_rss())
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        self.peak = max(self.peak, current_rss())
+        return self.peak
+
+
+def peak_memory(fn: Callable[[], object], *, device: str = "cpu", interval: float = 0.002):
+    """Run ``fn()`` and return ``(result, PeakMemory)``.
+
+    On CUDA the allocator's own peak is exact. On the CPU the resident set size is sampled every
+    ``interval`` seconds, so a spike shorter than that can be missed; it includes memory that PyTorch
+    freed but the C allocator kept, which is what the operating system sees.
+    """
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return result, PeakMemory(device, base, torch.cuda.max_memory_allocated(), "cuda allocator peak")
+    sampler = _RssSampler(interval)
+    base = sampler.peak
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        peak = sampler.stop()
+    return result, PeakMemory("cpu", base, peak, f"RSS sampled every {interval * 1000:g} ms")

@@ -1,0 +1,77 @@
+"""Parameter counts per pipeline component: total, non-zero (what weight pruning changes), bytes in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+MODEL_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+
+
+@dataclass
+class ComponentParams:
+    class_name: str
+    params: int
+    nonzero: int | None  # None when the weights are on the meta device (no values to inspect)
+    bytes: int
+    dtype: str
+    device: str
+
+    @property
+    def sparsity(self) -> float | None:
+        if self.nonzero is None or self.params == 0:
+            return None
+        return 1.0 - self.nonzero / self.params
+
+
+@dataclass
+class ParamCounts:
+    components: dict[str, ComponentParams] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(c.params for c in self.components.values())
+
+
+def model_components(obj) -> dict[str, nn.Module]:
+    """The ``nn.Module`` components of a pipeline (in a fixed order), or ``{"model": obj}`` for a module."""
+    if isinstance(obj, nn.Module):
+        return {"model": obj}
+    comps = {name: getattr(obj, name, None) for name in MODEL_COMPONENTS}
+    extra = {k: v for k, v in getattr(obj, "components", {}).items()
+             if isinstance(v, nn.Module) and k not in comps}
+    return {k: v for k, v in {**comps, **extra}.items() if isinstance(v, nn.Module)}
+
+
+def _unique_parameters(module: nn.Module):
+    seen: set[int] = set()
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            yield p
+
+
+def component_params(module: nn.Module, *, count_nonzero: bool = True) -> ComponentParams:
+    params = list(_unique_parameters(module))
+    on_meta = any(p.device.type == "meta" for p in params)
+    nonzero = None
+    if count_nonzero and not on_meta:
+        with torch.no_grad():
+            nonzero = int(sum(int(torch.count_nonzero(p)) for p in params))
+    first = params[0] if params else torch.empty(0)
+    return ComponentParams(
+        class_name=type(module).__name__,
+        params=sum(p.numel() for p in params),
+        nonzero=nonzero,
+        bytes=sum(p.numel() * p.element_size() for p in params),
+        dtype=str(first.dtype).replace("torch.", ""),
+        device=str(first.device),
+    )
+
+
+def count_params(obj, *, count_nonzero: bool = True) -> ParamCounts:
+    """Per-component parameter counts of a pipeline (or a single module, reported as ``model``)."""
+    return ParamCounts({name: component_params(m, count_nonzero=count_nonzero)
+                        for name, m in model_components(obj).items()})

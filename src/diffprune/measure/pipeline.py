@@ -1,0 +1,96 @@
+"""One measurement of a whole pipeline: parameters, FLOPs per component call, optional U-Net latency."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from diffprune.archs.family import detect_family
+
+from .flops import FlopCount, count_flops
+from .inputs import text_encoder_inputs, unet_inputs, vae_decode_inputs
+from .latency import LatencyStats, measure_latency
+from .params import ParamCounts, count_params
+
+
+@dataclass
+class PipelineMeasurement:
+    family: str
+    resolution: int
+    batch: int
+    params: ParamCounts
+    unet_flops: FlopCount
+    text_encoder_flops: dict[str, FlopCount] = field(default_factory=dict)
+    vae_decode_flops: FlopCount | None = None
+    unet_latency: LatencyStats | None = None
+    source: str | None = None
+
+    def to_json(self) -> dict:
+        """Flat headline keys (``unet_params``, ``unet_tflops``, ...) plus the full detail under ``detail``."""
+        out: dict = {"source": self.source, "family": self.family, "resolution": self.resolution,
+                     "batch": self.batch}
+        for name, comp in self.params.components.items():
+            out[f"{name}_params"] = comp.params
+            out[f"{name}_nonzero_params"] = comp.nonzero
+        out["total_params"] = self.params.total
+        out["unet_tflops"] = self.unet_flops.tflops
+        out["unet_attention_tflops"] = self.unet_flops.attention / 1e12
+        for name, flops in self.text_encoder_flops.items():
+            out[f"{name}_tflops"] = flops.tflops
+        if self.vae_decode_flops is not None:
+            out["vae_decode_tflops"] = self.vae_decode_flops.tflops
+        if self.unet_latency is not None:
+            out["unet_latency_median_s"] = self.unet_latency.median_s
+        out["detail"] = asdict(self)
+        return out
+
+
+def default_resolution(pipe) -> int:
+    """The resolution a pipeline was built for (U-Net sample size x VAE scale factor)."""
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def unet_call(pipe, *, resolution: int, batch: int = 1, seed: int = 0):
+    """A zero-argument callable running one U-Net forward at ``resolution`` (for latency measurements)."""
+    kwargs = unet_inputs(pipe.unet, resolution=resolution, batch=batch, vae_scale_factor=pipe.vae_scale_factor,
+                         text_length=pipe.tokenizer.model_max_length, seed=seed)
+
+    def call():
+        with torch.inference_mode():
+            return pipe.unet(**kwargs)
+
+    return call
+
+
+def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, latency_repeats: int = 0,
+                     latency_warmup: int = 1, source: str | None = None) -> PipelineMeasurement:
+    """Measure a Stable Diffusion pipeline.
+
+    FLOPs are per single call of each component at ``resolution`` and ``batch`` (classifier-free guidance
+    doubles the U-Net batch; a sampling run makes one U-Net call per step), attention included.
+    ``latency_repeats > 0`` also times the U-Net call (needs real weights, not ``meta``).
+    """
+    family = detect_family(pipe)
+    resolution = resolution or default_resolution(pipe)
+    factor = pipe.vae_scale_factor
+    text_length = pipe.tokenizer.model_max_length
+    unet_flops = count_flops(pipe.unet, **unet_inputs(pipe.unet, resolution=resolution, batch=batch,
+                                                      vae_scale_factor=factor, text_length=text_length))
+    te_flops = {}
+    for name in ("text_encoder", "text_encoder_2"):
+        encoder = getattr(pipe, name, None)
+        if encoder is not None:
+            te_flops[name] = count_flops(encoder, **text_encoder_inputs(encoder, batch=batch,
+                                                                        text_length=text_length))
+    vae_flops = count_flops(pipe.vae, method="decode",
+                            **vae_decode_inputs(pipe.vae, resolution=resolution, batch=batch,
+                                                vae_scale_factor=factor))
+    latency = None
+    if latency_repeats > 0:
+        device = str(pipe.unet.device)
+        latency = measure_latency(unet_call(pipe, resolution=resolution, batch=batch), repeats=latency_repeats,
+                                  warmup=latency_warmup, label="unet", device=device)
+    return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch,
+                               params=count_params(pipe), unet_flops=unet_flops, text_encoder_flops=te_flops,
+                               vae_decode_flops=vae_flops, unet_latency=latency, source=source)
