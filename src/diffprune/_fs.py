@@ -70,9 +70,8 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False,
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
-                       protect: Iterable[str | os.PathLike | None] = ()) -> Path:
-    """Write a file via a temporary sibling and ``os.replace`` (readers never see a partial file)."""
+def check_output_file(path: str | os.PathLike, *, protect: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Raise :class:`DiffpruneError` unless a file may be written at ``path``; return it resolved."""
     target = _resolved(path)
     for guarded in protect:
         if guarded is not None and Path(guarded).expanduser().is_dir() and _inside(target, _resolved(guarded)):
@@ -80,7 +79,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
     if target.is_dir():
         raise DiffpruneError(f"{target} is a folder, expected a file path")
     if not target.parent.is_dir():
-        raise DiffpruneError(f"folder {target.parent} does not exist")
+        raise DiffpruneError(f"cannot write {target}: folder {target.parent} does not exist")
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
+                       protect: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Write a file via a temporary sibling and ``os.replace`` (readers never see a partial file)."""
+    target = check_output_file(path, protect=protect)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:

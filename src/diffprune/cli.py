@@ -101,16 +101,13 @@ def _cmd_info(args) -> int:
 
 def _cmd_measure(args) -> int:
     from diffprune import load
-    from diffprune._fs import atomic_write_text
+    from diffprune._fs import atomic_write_text, check_output_file
     from diffprune.io import input_folder
     from diffprune.measure import measure_pipeline
     from diffprune.report import to_jsonable
 
-    if args.json:
-        target = Path(args.json).expanduser()
-        if target.is_dir() or not target.parent.is_dir():
-            raise _UsageError(f"diffprune measure: error: cannot write --json {args.json}: "
-                              f"{'it is a folder' if target.is_dir() else 'its folder does not exist'}")
+    if args.json:  # validated before the (possibly long) load, so a bad path costs nothing
+        check_output_file(args.json, protect=[args.source])
     device = args.device
     if device is None and args.source.startswith("random:") and not args.latency:
         device = "meta"

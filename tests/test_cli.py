@@ -1,0 +1,107 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from diffprune.cli import main
+
+
+def _one_line_error(capsys, code):
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2
+    assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_measure_json_has_the_headline_keys(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["measure", "random:tiny-sd", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["unet_params"] == 2_446_788 and data["text_encoder_params"] == 51_616
+    assert data["resolution"] == 64 and data["batch"] == 1
+    assert 0 < data["unet_attention_tflops"] < data["unet_tflops"]
+    assert "unet" in capsys.readouterr().out
+
+
+def test_measure_full_size_sd15_on_meta(tmp_path):
+    out = tmp_path / "sd15.json"
+    assert main(["measure", "random:sd15", "--resolution", "512", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["unet_params"] == 859_520_964
+    assert abs(data["unet_tflops"] - 0.803) / 0.803 < 0.01
+
+
+def test_measure_with_latency_and_batch(tmp_path):
+    out = tmp_path / "lat.json"
+    assert main(["measure", "random:tiny-sd", "--latency", "2", "--batch", "2", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["unet_latency_median_s"] > 0 and data["batch"] == 2
+
+
+def test_info_on_a_saved_folder(tiny_sd_folder, capsys):
+    assert main(["info", str(tiny_sd_folder)]) == 0
+    out = capsys.readouterr().out
+    assert "SD-1.x" in out and "on disk:" in out and "2,446,788" in out
+
+
+def test_demo_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert data["summary"]["steps"] == 2 and data["summary"]["unet_params"] == 2_446_788
+    assert {"samples.png", "params.png", "flops_per_image.png"} <= set(data["files"])
+    assert "report.md" in capsys.readouterr().out
+    code = main(["demo", "--out", str(out)])
+    _one_line_error(capsys, code)
+    assert json.loads((out / "report.json").read_text()) == data  # untouched
+
+
+@pytest.mark.parametrize("argv", [
+    ["measure", "does/not/exist"],
+    ["measure", "random:nope"],
+    ["measure", "random:tiny-sd", "--resolution", "100"],
+    ["measure", "random:tiny-sd", "--batch", "0"],
+    ["measure", "random:tiny-sd", "--dtype", "int8"],
+    ["measure"],
+    ["info", "./nowhere"],
+    ["frobnicate"],
+])
+def test_user_errors_are_one_line_with_exit_2(argv, capsys):
+    _one_line_error(capsys, main(argv))
+
+
+def test_json_into_a_missing_folder_writes_nothing(tmp_path, capsys):
+    target = tmp_path / "no" / "such" / "m.json"
+    _one_line_error(capsys, main(["measure", "random:tiny-sd", "--json", str(target)]))
+    assert not (tmp_path / "no").exists()
+
+
+def test_json_never_lands_in_the_input_folder(tiny_sd_folder, capsys):
+    _one_line_error(capsys, main(["measure", str(tiny_sd_folder), "--json", str(tiny_sd_folder / "m.json")]))
+    assert not (tiny_sd_folder / "m.json").exists()
+
+
+def test_unsupported_model_folder(tmp_path, capsys):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert "unsupported model" in _one_line_error(capsys, main(["info", str(tmp_path)]))
+
+
+def test_uncached_hub_id(offline_hub, capsys):
+    assert "Hugging Face cache" in _one_line_error(capsys, main(["measure", "nobody/nothing"]))
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["measure", "--help"], ["demo", "--help"]])
+def test_help_everywhere(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_installed_command_exits_2_without_traceback():
+    proc = subprocess.run([sys.executable, "-m", "diffprune.cli", "measure", "does/not/exist"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "diffprune: error: no such file or folder: does/not/exist (and it is not a Hub id like 'org/name')"]

@@ -1,0 +1,161 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import diffprune
+from diffprune import DiffpruneError
+from diffprune.archs import Family, detect_family
+
+
+def _assert_same_weights(a, b):
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        ma, mb = getattr(a, name, None), getattr(b, name, None)
+        if ma is None:
+            assert mb is None
+            continue
+        sa, sb = ma.state_dict(), mb.state_dict()
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), f"{name}.{key}"
+
+
+@pytest.mark.parametrize("arch", ["tiny-sd", "tiny-sdxl"])
+def test_save_load_round_trip_is_bit_identical(arch, tmp_path):
+    pipe = diffprune.load(f"random:{arch}", seed=1)
+    out = diffprune.save(pipe, tmp_path / "saved")
+    again = diffprune.load(out)
+    assert type(again) is type(pipe)
+    _assert_same_weights(pipe, again)
+    public = lambda cfg: {k: v for k, v in cfg.items() if not k.startswith("_")}  # noqa: E731
+    assert public(again.scheduler.config) == public(pipe.scheduler.config)
+    prompt = "a large red circle in the top left"
+    assert again.tokenizer(prompt).input_ids == pipe.tokenizer(prompt).input_ids
+    manifest = json.loads((out / "diffprune.json").read_text())
+    assert manifest["format"] == "diffprune" and manifest["family"] == detect_family(pipe).value
+    assert manifest["source"] == f"random:{arch}"
+
+
+def test_saved_folder_loads_with_stock_diffusers(tiny_sd, tiny_sd_folder):
+    from diffusers import StableDiffusionPipeline
+
+    _assert_same_weights(tiny_sd, StableDiffusionPipeline.from_pretrained(tiny_sd_folder))
+
+
+def test_same_seed_same_weights_and_other_seed_differs():
+    a = diffprune.load("random:tiny-sd", seed=7).unet.conv_in.weight
+    b = diffprune.load("random:tiny-sd", seed=7).unet.conv_in.weight
+    c = diffprune.load("random:tiny-sd", seed=8).unet.conv_in.weight
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_component_and_bare_component_folder(tiny_sd_folder):
+    unet = diffprune.load(tiny_sd_folder, component="unet")
+    assert type(unet).__name__ == "UNet2DConditionModel"
+    bare = diffprune.load(tiny_sd_folder / "unet")
+    assert torch.equal(bare.conv_in.weight, unet.conv_in.weight)
+    with pytest.raises(DiffpruneError, match="no component 'controlnet'"):
+        diffprune.load(tiny_sd_folder, component="controlnet")
+
+
+def test_dtype_option():
+    pipe = diffprune.load("random:tiny-sd", dtype="bf16")
+    assert pipe.unet.dtype == torch.bfloat16
+    with pytest.raises(DiffpruneError, match="unknown dtype"):
+        diffprune.load("random:tiny-sd", dtype="int3")
+
+
+@pytest.mark.parametrize("arch,family", [("sd15", Family.SD1), ("sd21", Family.SD2), ("sdxl", Family.SDXL),
+                                         ("tiny-sd", Family.SD1), ("tiny-sdxl", Family.SDXL)])
+def test_family_detection(arch, family):
+    pipe = diffprune.load(f"random:{arch}", device="meta")
+    assert detect_family(pipe) is family and detect_family(pipe.unet) is family
+
+
+def test_unsupported_models_are_refused(tmp_path):
+    from diffusers import UNet2DModel
+
+    with pytest.raises(DiffpruneError, match="unsupported model: UNet2DModel"):
+        detect_family(UNet2DModel(block_out_channels=(8, 8), norm_num_groups=4,
+                                  down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2))
+    folder = tmp_path / "flux"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(DiffpruneError, match="unsupported model.*FluxPipeline"):
+        diffprune.load(folder)
+
+
+@pytest.mark.parametrize("source,message", [
+    ("does/not/exist", "no such file or folder"),
+    ("./missing-folder", "no such file or folder"),
+    ("random:sd9", "unknown architecture 'sd9'"),
+])
+def test_bad_sources(source, message):
+    with pytest.raises(DiffpruneError, match=message):
+        diffprune.load(source)
+
+
+def test_uncached_hub_id_offline_is_one_clear_error(offline_hub):
+    with pytest.raises(DiffpruneError, match="not in the local Hugging Face cache") as info:
+        diffprune.load("some-org/some-model")
+    assert "\n" not in str(info.value)
+
+
+def test_folder_without_configs(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DiffpruneError, match="not a diffusers model folder"):
+        diffprune.load(tmp_path)
+
+
+def test_missing_weights_are_refused_not_randomised(tiny_sd, tmp_path):
+    out = diffprune.save(tiny_sd, tmp_path / "m")
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("conv_in.weight")
+    save_file(state, weights)
+    with pytest.raises(DiffpruneError, match="1 weights are missing.*conv_in.weight"):
+        diffprune.load(out)
+
+
+def test_single_file_errors(tmp_path, offline_hub):
+    junk = tmp_path / "model.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    with pytest.raises(DiffpruneError, match="not a readable safetensors file"):
+        diffprune.load(junk)
+    other = tmp_path / "other.safetensors"
+    save_file({"encoder.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(DiffpruneError, match="not a Stable Diffusion checkpoint"):
+        diffprune.load(other)
+    text = tmp_path / "weights.txt"
+    text.write_text("x")
+    with pytest.raises(DiffpruneError, match="not a checkpoint file"):
+        diffprune.load(text)
+
+
+def test_save_refuses_to_overwrite_and_keeps_existing_content(tiny_sd, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DiffpruneError, match="exists and is not empty"):
+        diffprune.save(tiny_sd, out)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
+    diffprune.save(tiny_sd, out, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "model_index.json").exists()
+
+
+def test_save_never_writes_into_the_input_folder(tiny_sd_folder):
+    pipe = diffprune.load(tiny_sd_folder)
+    before = sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*"))
+    with pytest.raises(DiffpruneError, match="overlaps the input model folder"):
+        diffprune.save(pipe, tiny_sd_folder / "pruned", overwrite=True)
+    with pytest.raises(DiffpruneError, match="overlaps the input model folder"):
+        diffprune.save(pipe, tiny_sd_folder, overwrite=True)
+    assert sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*")) == before
+
+
+def test_meta_pipelines_cannot_be_saved(tmp_path):
+    with pytest.raises(DiffpruneError, match="meta device"):
+        diffprune.save(diffprune.load("random:tiny-sd", device="meta"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,86 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from diffprune import DiffpruneError
+from diffprune.measure import compare_latency, disk_usage, measure_latency, peak_memory
+
+
+class FakeClock:
+    """Advances by a scripted duration for each timed call, so statistics are exact."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.pending = 0.0
+
+    def __call__(self):
+        self.now += self.pending
+        self.pending = 0.0
+        return self.now
+
+    def work(self, seconds):
+        def fn():
+            self.pending += seconds
+        return fn
+
+
+def test_measure_latency_reports_the_median_after_warmup():
+    clock = FakeClock()
+    durations = iter([100.0, 100.0, 3.0, 1.0, 2.0, 50.0, 2.5])  # two warm-up calls are slow
+    calls = []
+
+    def fn():
+        d = next(durations)
+        calls.append(d)
+        clock.pending += d
+
+    stats = measure_latency(fn, repeats=5, warmup=2, timer=clock)
+    assert len(calls) == 7
+    assert stats.median_s == 2.5 and stats.min_s == 1.0 and stats.max_s == 50.0 and stats.repeats == 5
+
+
+def test_compare_latency_interleaves_and_returns_the_ratio():
+    clock = FakeClock()
+    order = []
+
+    def make(label, seconds):
+        def fn():
+            order.append(label)
+            clock.pending += seconds
+        return fn
+
+    cmp = compare_latency(make("a", 4.0), make("b", 1.0), repeats=4, warmup=1, timer=clock)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+    assert cmp.speedup == pytest.approx(4.0)
+    assert cmp.baseline.median_s == 4.0 and cmp.candidate.median_s == 1.0
+
+
+def test_latency_rejects_bad_counts():
+    with pytest.raises(DiffpruneError):
+        measure_latency(lambda: None, repeats=0)
+
+
+def test_peak_memory_sees_a_large_temporary_allocation():
+    size = 256 * 2**20
+
+    def allocate():
+        block = np.ones(size, dtype=np.uint8)  # touched pages, so they are resident
+        return int(block[::4096].sum())
+
+    result, mem = peak_memory(allocate, interval=0.001)
+    assert result == size // 4096
+    assert mem.delta_bytes >= 0.75 * size
+
+
+def test_disk_usage_per_component(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "w.bin").write_bytes(b"x" * 1000)
+    (tmp_path / "vae").mkdir()
+    (tmp_path / "vae" / "w.bin").write_bytes(b"x" * 10)
+    (tmp_path / "model_index.json").write_text("{}")
+    usage = disk_usage(tmp_path)
+    assert usage.components == {"(root)": 2, "unet": 1000, "vae": 10}
+    assert usage.total_bytes == 1012
+    with pytest.raises(DiffpruneError):
+        disk_usage(tmp_path / "nope")
