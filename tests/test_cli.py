@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ def _one_line_error(capsys, code):
     lines = [line for line in captured.err.splitlines() if line.strip()]
     assert code == 2
     assert len(lines) == 1 and "error" in lines[0] and "Traceback" not in captured.err
+    assert captured.out == ""
     return lines[0]
 
 
@@ -34,10 +36,38 @@ def test_measure_full_size_sd15_on_meta(tmp_path):
 
 
 def test_measure_with_latency_and_batch(tmp_path):
-    out = tmp_path / "lat.json"
-    assert main(["measure", "random:tiny-sd", "--latency", "2", "--batch", "2", "--json", str(out)]) == 0
+    one, two = tmp_path / "b1.json", tmp_path / "b2.json"
+    assert main(["measure", "random:tiny-sd", "--json", str(one)]) == 0
+    assert main(["measure", "random:tiny-sd", "--latency", "2", "--batch", "2", "--json", str(two)]) == 0
+    b1, b2 = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b2["unet_latency_median_s"] > 0 and b2["batch"] == 2
+    assert b2["unet_tflops"] == pytest.approx(2 * b1["unet_tflops"], rel=1e-9)
+    assert b2["unet_nonzero_params"] <= b2["unet_params"]  # real weights were loaded for the timing
+
+
+def test_measure_sdxl_through_the_cli(tmp_path):
+    out = tmp_path / "xl.json"
+    assert main(["measure", "random:sdxl", "--resolution", "1024", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
-    assert data["unet_latency_median_s"] > 0 and data["batch"] == 2
+    assert data["unet_params"] == 2_567_463_684 and abs(data["unet_tflops"] - 6.76) / 6.76 < 0.01
+    assert data["text_encoder_2_params"] == 694_659_840
+
+
+def test_component_folders(tiny_sd_folder, tmp_path, capsys):
+    assert main(["info", str(tiny_sd_folder / "unet")]) == 0
+    assert "bare U-Net" in capsys.readouterr().out
+    out = tmp_path / "unet.json"
+    assert main(["measure", str(tiny_sd_folder / "unet"), "--json", str(out)]) == 0
+    whole = tmp_path / "whole.json"
+    assert main(["measure", str(tiny_sd_folder), "--json", str(whole)]) == 0
+    unet_only, full = json.loads(out.read_text()), json.loads(whole.read_text())
+    assert unet_only["unet_tflops"] == full["unet_tflops"] and unet_only["unet_params"] == full["unet_params"]
+    assert main(["info", str(tiny_sd_folder / "vae")]) == 0
+    assert "AutoencoderKL component" in capsys.readouterr().out
+    assert "unsupported model" in _one_line_error(capsys, main(["measure", str(tiny_sd_folder / "vae")]))
+    assert "whole pipeline" in _one_line_error(
+        capsys, main(["demo", "--source", str(tiny_sd_folder / "unet"), "--out", str(tmp_path / "d")]))
+    assert not (tmp_path / "d").exists()
 
 
 def test_info_on_a_saved_folder(tiny_sd_folder, capsys):
@@ -67,6 +97,10 @@ def test_demo_writes_a_report(tmp_path, capsys):
     ["measure"],
     ["info", "./nowhere"],
     ["frobnicate"],
+    ["measure", "random:tiny-sd", "--device", "foo"],
+    ["measure", "random:tiny-sd", "--device", "cuda:7"],
+    ["measure", "random:tiny-sd", "--device", "meta", "--latency", "2"],
+    ["demo", "--source", "nope/x"],
 ])
 def test_user_errors_are_one_line_with_exit_2(argv, capsys):
     _one_line_error(capsys, main(argv))
@@ -81,6 +115,13 @@ def test_json_into_a_missing_folder_writes_nothing(tmp_path, capsys):
 def test_json_never_lands_in_the_input_folder(tiny_sd_folder, capsys):
     _one_line_error(capsys, main(["measure", str(tiny_sd_folder), "--json", str(tiny_sd_folder / "m.json")]))
     assert not (tiny_sd_folder / "m.json").exists()
+
+
+def test_json_never_overwrites_the_input_checkpoint(tmp_path, capsys):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"precious")
+    _one_line_error(capsys, main(["measure", str(checkpoint), "--json", str(checkpoint)]))
+    assert checkpoint.read_bytes() == b"precious"
 
 
 def test_unsupported_model_folder(tmp_path, capsys):
@@ -100,8 +141,9 @@ def test_help_everywhere(argv, capsys):
 
 
 def test_installed_command_exits_2_without_traceback():
-    proc = subprocess.run([sys.executable, "-m", "diffprune.cli", "measure", "does/not/exist"],
-                          capture_output=True, text=True, timeout=120)
+    command = Path(sys.executable).parent / "diffprune"  # the console script pip installed
+    proc = subprocess.run([str(command), "measure", "does/not/exist"], capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "diffprune: error: no such file or folder: does/not/exist (and it is not a Hub id like 'org/name')"]

@@ -71,3 +71,14 @@ def test_sd15_without_attention_matches_the_convolution_and_projection_count():
     pipe = archs.build_pipeline("sd15", device="meta")
     flops = count_flops(pipe.unet, **unet_inputs(pipe.unet, resolution=512))
     assert abs((flops.total - flops.attention) - 0.677e12) / 0.677e12 < 0.01
+
+
+def test_text_encoder_flops_match_the_transformer_formula(tiny_sd):
+    # Per CLIP layer: q, k, v, out projections 4 x 2SH^2; MLP 2 x 2SHI; attention scores and mix 2 x 2S^2H.
+    from diffprune.measure import text_encoder_inputs
+
+    cfg = tiny_sd.text_encoder.config
+    s, h, i, layers = 77, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    flops = count_flops(tiny_sd.text_encoder, **text_encoder_inputs(tiny_sd.text_encoder))
+    assert flops.total == layers * (8 * s * h * h + 4 * s * h * i + 4 * s * s * h)
+    assert flops.attention == layers * 4 * s * s * h

@@ -6,6 +6,7 @@ from safetensors.torch import load_file, save_file
 
 import diffprune
 from diffprune import DiffpruneError
+from diffprune._fs import _umask
 from diffprune.archs import Family, detect_family
 
 
@@ -96,10 +97,44 @@ def test_bad_sources(source, message):
         diffprune.load(source)
 
 
-def test_uncached_hub_id_offline_is_one_clear_error(offline_hub):
-    with pytest.raises(DiffpruneError, match="not in the local Hugging Face cache") as info:
-        diffprune.load("some-org/some-model")
+def test_uncached_hub_id_offline_is_one_clear_error(offline_hub, tmp_path):
+    with pytest.raises(DiffpruneError, match="not in the Hugging Face cache, and HF_HUB_OFFLINE") as info:
+        diffprune.load("some-org/some-model", cache_dir=str(tmp_path / "empty-cache"))
     assert "\n" not in str(info.value)
+
+
+def test_pipeline_class_and_unet_family_must_agree():
+    import diffusers
+
+    sd = diffprune.load("random:tiny-sd")
+    xl = diffprune.load("random:tiny-sdxl")
+    mixed = diffusers.StableDiffusionXLPipeline(**{**xl.components, "unet": sd.unet})
+    with pytest.raises(DiffpruneError, match="StableDiffusionXLPipeline whose U-Net is built like SD-1.x"):
+        detect_family(mixed)
+
+
+def test_malformed_configs_and_component_weights(tiny_sd, tmp_path):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model_index.json").write_text("[1, 2]")
+    with pytest.raises(DiffpruneError, match="does not hold a JSON object"):
+        diffprune.load(tmp_path / "bad")
+    out = diffprune.save(tiny_sd, tmp_path / "m")
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("conv_out.bias")
+    save_file(state, weights)
+    with pytest.raises(DiffpruneError, match="missing.*conv_out.bias"):
+        diffprune.load(out / "unet")  # a bare component folder is checked too
+    weights.unlink()
+    with pytest.raises(DiffpruneError, match="cannot load the UNet2DConditionModel"):
+        diffprune.load(out / "unet")
+
+
+def test_meta_device_only_for_random_sources(tiny_sd_folder):
+    with pytest.raises(DiffpruneError, match="meta device is only for random"):
+        diffprune.load(tiny_sd_folder, device="meta")
+    with pytest.raises(DiffpruneError, match="unknown device"):
+        diffprune.load("random:tiny-sd", device="gpu0")
 
 
 def test_folder_without_configs(tmp_path):
@@ -141,16 +176,23 @@ def test_save_refuses_to_overwrite_and_keeps_existing_content(tiny_sd, tmp_path)
         diffprune.save(tiny_sd, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left behind
-    diffprune.save(tiny_sd, out, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "model_index.json").exists()
+    # --overwrite replaces earlier diffprune output only, never a folder of other content
+    with pytest.raises(DiffpruneError, match="not an earlier diffprune output"):
+        diffprune.save(tiny_sd, out, overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    saved = diffprune.save(tiny_sd, tmp_path / "saved")
+    (saved / "stale.txt").write_text("from an earlier run")
+    diffprune.save(tiny_sd, saved, overwrite=True)
+    assert not (saved / "stale.txt").exists() and (saved / "model_index.json").exists()
+    assert (saved.stat().st_mode & 0o777) == 0o777 & ~_umask()
 
 
 def test_save_never_writes_into_the_input_folder(tiny_sd_folder):
     pipe = diffprune.load(tiny_sd_folder)
     before = sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*"))
-    with pytest.raises(DiffpruneError, match="overlaps the input model folder"):
+    with pytest.raises(DiffpruneError, match="overlaps the input model"):
         diffprune.save(pipe, tiny_sd_folder / "pruned", overwrite=True)
-    with pytest.raises(DiffpruneError, match="overlaps the input model folder"):
+    with pytest.raises(DiffpruneError, match="overlaps the input model"):
         diffprune.save(pipe, tiny_sd_folder, overwrite=True)
     assert sorted(p.relative_to(tiny_sd_folder) for p in tiny_sd_folder.rglob("*")) == before
 

@@ -53,6 +53,9 @@ def test_compare_latency_interleaves_and_returns_the_ratio():
     cmp = compare_latency(make("a", 4.0), make("b", 1.0), repeats=4, warmup=1, timer=clock)
     assert order == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
     assert cmp.speedup == pytest.approx(4.0)
+    from diffprune.report import to_jsonable
+
+    assert to_jsonable(cmp)["speedup"] == pytest.approx(4.0)  # the ratio survives into JSON reports
     assert cmp.baseline.median_s == 4.0 and cmp.candidate.median_s == 1.0
 
 

@@ -43,10 +43,17 @@ def test_report_refuses_a_non_empty_folder_before_any_work(tmp_path):
     (tmp_path / "old.txt").write_text("keep")
     with pytest.raises(DiffpruneError, match="not empty"):
         Report(tmp_path, title="x")
-    report = Report(tmp_path, title="new", overwrite=True)
+    with pytest.raises(DiffpruneError, match="not an earlier diffprune output"):
+        Report(tmp_path, title="x", overwrite=True)  # e.g. `--out . --overwrite` must not wipe a folder
+    first = Report(tmp_path / "r", title="first")
+    first.text("old")
+    first.write()
+    report = Report(tmp_path / "r", title="new", overwrite=True)
     report.text("fresh")
     report.write()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md"]
+    assert "fresh" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "old.txt").read_text() == "keep"
 
 
 def test_report_never_goes_into_an_input_model_folder(tmp_path):
@@ -54,7 +61,7 @@ def test_report_never_goes_into_an_input_model_folder(tmp_path):
     model.mkdir()
     (model / "model_index.json").write_text("{}")
     for target in (model / "report", model, tmp_path):
-        with pytest.raises(DiffpruneError, match="overlaps the input model folder"):
+        with pytest.raises(DiffpruneError, match="overlaps the input model"):
             Report(target, title="x", overwrite=True, protect=[model])
 
 
@@ -64,6 +71,14 @@ def test_failed_write_leaves_nothing_behind(tmp_path):
             (staging / "partial.txt").write_text("half")
             raise RuntimeError("crash while writing")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unsafe_names_and_reserved_keys_are_refused(tmp_path):
+    report = Report(tmp_path / "r", title="x")
+    with pytest.raises(DiffpruneError, match="file name"):
+        report.bar_chart("../escape", ["a"], [1.0], ylabel="v")
+    with pytest.raises(DiffpruneError, match="reserved"):
+        report.metrics("files", [1])
 
 
 def test_json_and_table_helpers():

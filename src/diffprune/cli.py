@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size of each call (default 1)")
     p.add_argument("--latency", type=_positive_int, metavar="N",
                    help="also time N U-Net calls (median; needs real weights, slow for big models)")
-    p.add_argument("--device", default=None, help="cpu or cuda[:i] (random:<arch> defaults to meta: no memory)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda[:i] or meta (random:<arch> defaults to meta: no memory, no non-zero counts)")
     p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
 
     p = sub.add_parser("demo", help="load the bundled default pipeline, measure it, write a report")
@@ -78,40 +79,50 @@ def _print_params(params) -> None:
         print(f"  {name:<16}{c.class_name:<30}{c.params:>16,}{_fmt_count(c.nonzero):>16}  {c.dtype}")
 
 
-def _cmd_info(args) -> int:
+def _load(args, **kwargs):
     from diffprune import load
+
+    return load(args.source, dtype=args.dtype, config=args.config, **kwargs)
+
+
+def _cmd_info(args) -> int:
+    from torch import nn
+
     from diffprune.archs.family import detect_family
     from diffprune.measure import count_params, default_resolution, disk_usage
 
-    pipe = load(args.source, dtype=args.dtype, config=args.config, device="meta" if
-                args.source.startswith("random:") else None)
-    family = detect_family(pipe)
-    print(f"{args.source}: {family.label} ({type(pipe).__name__}), native resolution "
-          f"{default_resolution(pipe)}px, scheduler {type(pipe.scheduler).__name__}")
-    _print_params(count_params(pipe))
+    obj = _load(args, device="meta" if args.source.startswith("random:") else None)
+    if isinstance(obj, nn.Module) and type(obj).__name__ != "UNet2DConditionModel":
+        print(f"{args.source}: a {type(obj).__name__} component")
+    else:
+        family = detect_family(obj)
+        kind = "a bare U-Net" if isinstance(obj, nn.Module) else type(obj).__name__
+        scheduler = getattr(obj, "scheduler", None)
+        print(f"{args.source}: {family.label} ({kind}), native resolution {default_resolution(obj)}px"
+              + (f", scheduler {type(scheduler).__name__}" if scheduler is not None else ""))
+    _print_params(count_params(obj))
     path = Path(args.source).expanduser()
     if path.is_dir():
         usage = disk_usage(path)
         parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in usage.components.items())
         print(f"  on disk: {usage.total_bytes / 2**20:.1f} MiB ({parts})")
-    for step in (getattr(pipe, "_diffprune", None) or {}).get("history", []):
+    for step in (getattr(obj, "_diffprune", None) or {}).get("history", []):
         print(f"  history: {json.dumps(step)}")
     return 0
 
 
 def _cmd_measure(args) -> int:
-    from diffprune import load
     from diffprune._fs import atomic_write_text, check_output_file
     from diffprune.io import input_folder
     from diffprune.measure import measure_pipeline
     from diffprune.report import to_jsonable
 
     if args.json:  # validated before the (possibly long) load, so a bad path costs nothing
-        check_output_file(args.json, protect=[args.source])
+        check_output_file(args.json, protect=[args.source, args.config])
     device = args.device
     if device is None and args.source.startswith("random:") and not args.latency:
         device = "meta"
-    pipe = load(args.source, dtype=args.dtype, config=args.config, device=device)
+    pipe = _load(args, device=device)
     m = measure_pipeline(pipe, resolution=args.resolution, batch=args.batch, latency_repeats=args.latency or 0,
                          source=args.source)
     print(f"{args.source}: {m.family} at {m.resolution}x{m.resolution}, batch {m.batch}")
@@ -120,13 +131,14 @@ def _cmd_measure(args) -> int:
     print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f})")
     for name, f in m.text_encoder_flops.items():
         print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")
-    print(f"    vae decode     {m.vae_decode_flops.tflops:10.4f} TFLOPs")
+    if m.vae_decode_flops is not None:
+        print(f"    vae decode     {m.vae_decode_flops.tflops:10.4f} TFLOPs")
     if m.unet_latency:
         lat = m.unet_latency
         print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
     if args.json:
         atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
-                          protect=[input_folder(pipe)])
+                          protect=[args.source, args.config, input_folder(pipe)])
         print(f"  wrote {args.json}")
     return 0
 
@@ -151,18 +163,25 @@ _COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "demo": _cmd_demo}
 
 
 def _quiet_libraries() -> None:
-    # Library warnings (e.g. optional torchvision) would bury the CLI's own output and its one-line errors.
+    # Library warnings (e.g. optional torchvision) and the libraries' own loading bars would bury the CLI's
+    # output and its one-line errors; diffprune shows its own progress on a terminal instead.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:
     from diffprune.errors import DiffpruneError
 
-    _quiet_libraries()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        _quiet_libraries()
         if args.command is None:
             parser.print_help()
             return 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from diffprune.errors import DiffpruneError
 from diffprune.io import input_folder, load
 from diffprune.measure import describe_hardware, measure_pipeline, peak_memory
 from diffprune.report import Report
@@ -64,10 +65,18 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, ov
     """Run the demo and write its report to ``out_dir``."""
     config = config or DemoConfig()
     report = Report(out_dir, title="diffprune demo", overwrite=overwrite)
-    stages = tqdm(total=4, desc="demo", unit="stage")
+    # shown on a terminal only, and cleared when done (or on an error, so the error stays one line)
+    with tqdm(total=4, desc="demo", unit="stage", disable=None, leave=False) as stages:
+        return _run(report, config, stages)
+
+
+def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
     stages.set_postfix_str("loading")
     pipe = load(config.source)
+    if not hasattr(pipe, "unet"):
+        raise DiffpruneError(f"the demo needs a whole pipeline; {config.source} is a single component")
     report.protect.append(input_folder(pipe))
+    pipe.set_progress_bar_config(disable=None, leave=False)
     stages.update()
     stages.set_postfix_str("measuring")
     m = measure_pipeline(pipe, latency_repeats=config.latency_repeats, source=config.source)
@@ -116,5 +125,4 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, ov
     report.metrics("hardware", hardware)
     out = report.write()
     stages.update()
-    stages.close()
     return DemoResult(out, summary)

@@ -18,6 +18,7 @@ from diffprune import archs
 from diffprune._fs import staged_dir
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError
+from diffprune.measure.params import model_components
 
 MANIFEST = "diffprune.json"
 FORMAT_VERSION = 1
@@ -52,14 +53,39 @@ def _offline() -> bool:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DiffpruneError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DiffpruneError(f"{path} does not hold a JSON object")
+    return data
+
+
+def parse_device(device: str | torch.device | None) -> torch.device | None:
+    """Validate a device name up front (a typo or a missing GPU is a user error, not a traceback)."""
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DiffpruneError(f"unknown device '{device}' (use cpu, cuda, cuda:N, mps or meta)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiffpruneError(f"device '{device}' asked for, but this PyTorch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DiffpruneError(f"device '{device}' does not exist ({torch.cuda.device_count()} CUDA GPUs)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DiffpruneError("device 'mps' asked for, but MPS is not available")
+    return dev
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:240]
 
 
 def _finish(pipe, *, source: str, component: str | None, device):
     detect_family(pipe)
-    if device is not None and str(device) not in ("cpu", "meta"):
+    if device is not None and device.type != "cpu":
         pipe.to(device)
     info = dict(getattr(pipe, "_diffprune", None) or {})
     info.setdefault("source", source)
@@ -79,13 +105,17 @@ def _load_component_folder(folder: Path, config: dict, dtype):
     import transformers
 
     name = config.get("_class_name") or (config.get("architectures") or [None])[0]
-    cls = getattr(diffusers, name, None) if name else None
-    cls = cls or (getattr(transformers, name, None) if name else None)
+    name = name if isinstance(name, str) else None
+    cls = (getattr(diffusers, name, None) or getattr(transformers, name, None)) if name else None
     if cls is None or not hasattr(cls, "from_pretrained"):
         raise DiffpruneError(f"{folder} holds a '{name}', which diffprune cannot load")
-    kwargs = _dtype_kwargs(dtype) if cls.__module__.startswith("diffusers") else (
-        {"dtype": dtype} if dtype is not None else {})
-    model = cls.from_pretrained(folder, **kwargs)
+    try:
+        model = cls.from_pretrained(folder)
+    except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
+        raise DiffpruneError(f"cannot load the {name} in {folder}: {_first_line(e)}") from None
+    _check_complete(model, folder)
+    if dtype is not None:
+        model.to(dtype)
     return model.eval().requires_grad_(False)
 
 
@@ -100,19 +130,22 @@ def _load_pipeline_folder(folder: Path, dtype):
     manifest_path = folder / MANIFEST
     if manifest_path.exists():
         version = _read_json(manifest_path).get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int):
+            raise DiffpruneError(f"{folder / MANIFEST} has no valid format_version; the folder is damaged")
+        if version > FORMAT_VERSION:
             raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **_dtype_kwargs(dtype))
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise DiffpruneError(f"cannot load the pipeline in {folder}: {str(e).splitlines()[0]}") from None
-    _check_complete(pipe, folder)
+    except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
+        raise DiffpruneError(f"cannot load the pipeline in {folder}: {_first_line(e)}") from None
+    for name, module in model_components(pipe).items():
+        _check_complete(module, folder / name)
     if manifest_path.exists():
         pipe._diffprune = {"source": str(folder), "history": _read_json(manifest_path).get("history", [])}
     return pipe
 
 
-def _check_complete(pipe, folder: Path) -> None:
+def _check_complete(module, folder: Path) -> None:
     """Refuse a folder whose weight files lack tensors the model expects.
 
     diffusers and transformers fill missing weights with random values and only log a warning; a pruned or
@@ -120,20 +153,17 @@ def _check_complete(pipe, folder: Path) -> None:
     """
     from safetensors import safe_open
 
-    from diffprune.measure.params import model_components
-
-    for name, module in model_components(pipe).items():
-        files = sorted((folder / name).glob("*.safetensors"))
-        if not files:
-            continue  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
-        stored: set[str] = set()
-        for file in files:
-            with safe_open(str(file), framework="pt") as handle:
-                stored.update(handle.keys())
-        missing = [k for k in module.state_dict() if k not in stored]
-        if missing:
-            raise DiffpruneError(f"{folder / name}: {len(missing)} weights are missing from the saved files "
-                                 f"(e.g. '{missing[0]}'); loading would silently use random values")
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
+    stored: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            stored.update(handle.keys())
+    missing = [k for k in module.state_dict() if k not in stored]
+    if missing:
+        raise DiffpruneError(f"{folder}: {len(missing)} weights are missing from the saved files "
+                             f"(e.g. '{missing[0]}'); loading would silently use random values")
 
 
 def _load_single_file(path: Path, dtype, config: str | None):
@@ -151,8 +181,11 @@ def _load_single_file(path: Path, dtype, config: str | None):
         try:
             state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
         except Exception as e:
-            raise DiffpruneError(f"{path} is not a readable checkpoint: {str(e).splitlines()[0]}") from None
-        keys = list(state.get("state_dict", state).keys())
+            raise DiffpruneError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
+        state = state.get("state_dict", state) if isinstance(state, dict) else None
+        if not isinstance(state, dict):
+            raise DiffpruneError(f"{path} does not hold a state dict")
+        keys = [str(k) for k in state]
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise DiffpruneError(f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.' weights)")
     is_xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
@@ -162,53 +195,80 @@ def _load_single_file(path: Path, dtype, config: str | None):
         kwargs["config"] = config
     try:
         return cls.from_single_file(str(path), **kwargs)
-    except (OSError, ValueError, EnvironmentError) as e:
+    except Exception as e:  # diffusers raises several unrelated types for unreadable or unknown checkpoints
         raise DiffpruneError(
-            f"cannot load single-file checkpoint {path}: {str(e).splitlines()[0]} — the component configs and "
+            f"cannot load single-file checkpoint {path}: {_first_line(e)} — the component configs and "
             "tokenizer come from the matching Hub model; when offline pass config=<diffusers folder or cached "
             "Hub id of the same architecture> (CLI: --config)"
         ) from None
 
 
-def _load_hub(repo_id: str, dtype):
+def _load_hub(repo_id: str, dtype, cache_dir: str | None):
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
+    from huggingface_hub import hf_hub_download, model_info
 
-    try:
-        return DiffusionPipeline.from_pretrained(repo_id, local_files_only=True, **_dtype_kwargs(dtype))
-    except (OSError, ValueError, EnvironmentError):
-        if _offline():
-            raise DiffpruneError(f"'{repo_id}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                                 "download it where the Hub is reachable, or pass a local folder") from None
     verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()
+    dlogging.set_verbosity_error()  # diffusers otherwise logs each failed connection attempt
     try:
-        return DiffusionPipeline.from_pretrained(repo_id, **_dtype_kwargs(dtype))
-    except (OSError, ValueError, EnvironmentError) as e:
-        raise DiffpruneError(f"cannot load '{repo_id}': it is not a local path, not in the Hugging Face cache, "
-                             f"and the Hub did not provide it ({str(e).splitlines()[0][:160]})") from None
+        for local_only in (True, False):
+            if not local_only:
+                if _offline():
+                    raise DiffpruneError(f"'{repo_id}' is not a local folder and not in the Hugging Face cache, "
+                                         "and HF_HUB_OFFLINE is set; download it where the Hub is reachable")
+                try:  # one quick request: file downloads would retry an unreachable Hub with back-off
+                    model_info(repo_id)
+                except Exception as e:
+                    raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the "
+                                         "Hugging Face cache, and the Hub did not answer "
+                                         f"({_first_line(e)})") from None
+            try:
+                index = hf_hub_download(repo_id, "model_index.json", cache_dir=cache_dir,
+                                        local_files_only=local_only)
+            except Exception as e:
+                if local_only:
+                    continue
+                raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the Hugging "
+                                     f"Face cache, and the Hub did not provide it ({_first_line(e)})") from None
+            cls_name = _read_json(Path(index)).get("_class_name")
+            if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
+                raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
+                                     "StableDiffusionPipeline and StableDiffusionXLPipeline")
+            try:
+                return DiffusionPipeline.from_pretrained(repo_id, cache_dir=cache_dir, local_files_only=local_only,
+                                                         **_dtype_kwargs(dtype))
+            except Exception as e:
+                if local_only:
+                    continue  # partly cached: let the Hub complete it
+                raise DiffpruneError(f"cannot load '{repo_id}': {_first_line(e)}") from None
     finally:
         dlogging.set_verbosity(verbosity)
+    raise AssertionError("unreachable")
 
 
-def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, device: str | None = None,
-         component: str | None = None, seed: int = 0, config: str | None = None):
+def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
+         device: str | torch.device | None = None, component: str | None = None, seed: int = 0,
+         config: str | None = None, cache_dir: str | None = None):
     """Load ``source`` as a diffusers pipeline (or only ``component`` of it, e.g. ``"unet"``).
 
     ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
     parameter counts). ``config`` is only used for single-file checkpoints: a diffusers folder or Hub id
-    whose configs and tokenizer match the checkpoint. Raises :class:`DiffpruneError` with one clear line
+    whose configs and tokenizer match the checkpoint. ``cache_dir`` overrides the Hugging Face cache. Raises :class:`DiffpruneError` with one clear line
     for anything the user can fix.
     """
     dtype = parse_dtype(dtype)
+    device = parse_device(device)
     text = str(source)
     if text.startswith("random:"):
         pipe = archs.build_pipeline(text.split(":", 1)[1], device=device or "cpu", dtype=dtype, seed=seed)
         return _finish(pipe, source=text, component=component, device=None)
+    if device is not None and device.type == "meta":
+        raise DiffpruneError("the meta device is only for random:<arch> sources (a checkpoint has real weights)")
     path = Path(text).expanduser()
     if path.is_file():
         if path.name in ("config.json", "model_index.json"):
-            return load(path.parent, dtype=dtype, device=device, component=component, config=config)
+            return load(path.parent, dtype=dtype, device=device, component=component, config=config,
+                        cache_dir=cache_dir)
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise DiffpruneError(f"{path} is not a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})")
         pipe = _load_single_file(path, dtype, config)
@@ -223,7 +283,7 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None, d
         else:
             raise DiffpruneError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")
     elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
-        pipe = _load_hub(text, dtype)
+        pipe = _load_hub(text, dtype, cache_dir)
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
     return _finish(pipe, source=text, component=component, device=device)
@@ -254,7 +314,7 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
         history.append({"step": "save", "note": note})
     manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
                 "family": family.value, "source": info.get("source"), "history": history}
-    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
+    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)], marker="model_index.json") as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir).expanduser().resolve()

@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from enum import Enum
@@ -19,6 +20,10 @@ from pathlib import Path
 
 from diffprune._fs import check_output_dir, staged_dir
 from diffprune.errors import DiffpruneError
+
+
+_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_RESERVED_KEYS = ("title", "diffprune_version", "files")
 
 
 def to_jsonable(value):
@@ -78,7 +83,7 @@ class Report:
                  protect: Iterable[str | os.PathLike | None] = ()):
         self.protect = list(protect)
         self.overwrite = overwrite
-        self.out = check_output_dir(out_dir, overwrite=overwrite, protect=self.protect)
+        self.out = check_output_dir(out_dir, overwrite=overwrite, protect=self.protect, marker="report.json")
         self.title = title
         self._markdown: list[str] = []
         self._json: dict = {}
@@ -94,6 +99,8 @@ class Report:
 
     def metrics(self, key: str, value) -> None:
         """Store ``value`` (a dataclass, dict, list or scalar) in ``report.json`` under ``key``."""
+        if key in _RESERVED_KEYS:
+            raise DiffpruneError(f"'{key}' is reserved in report.json; choose another key")
         self._json[key] = to_jsonable(value)
 
     def table(self, rows: Sequence[dict], *, heading: str | None = None, columns: Sequence[str] | None = None,
@@ -105,6 +112,8 @@ class Report:
 
     def _add_png(self, name: str, data: bytes, heading: str | None, caption: str) -> str:
         filename = name if name.endswith(".png") else f"{name}.png"
+        if not _FILE_NAME.match(filename):
+            raise DiffpruneError(f"report file name '{filename}' must be letters, digits, '.', '_' or '-'")
         if filename in self._files:
             raise DiffpruneError(f"the report already has a file named {filename}")
         self._files[filename] = data
@@ -159,7 +168,7 @@ class Report:
         payload = {"title": self.title, "diffprune_version": __version__, **self._json,
                    "files": sorted(self._files)}
         body = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-        with staged_dir(self.out, overwrite=self.overwrite, protect=self.protect) as staging:
+        with staged_dir(self.out, overwrite=self.overwrite, protect=self.protect, marker="report.json") as staging:
             (staging / "report.md").write_text(self.markdown(), encoding="utf-8")
             (staging / "report.json").write_text(body, encoding="utf-8")
             for filename, data in self._files.items():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,11 +33,10 @@ class LatencyStats:
 class LatencyComparison:
     baseline: LatencyStats
     candidate: LatencyStats
+    speedup: float = field(init=False)  # how many times faster the candidate is (ratio of medians)
 
-    @property
-    def speedup(self) -> float:
-        """How many times faster the candidate is (baseline median / candidate median)."""
-        return self.baseline.median_s / self.candidate.median_s
+    def __post_init__(self) -> None:
+        self.speedup = self.baseline.median_s / self.candidate.median_s
 
 
 def _sync(device: str) -> None:

@@ -6,7 +6,7 @@ import os
 import resource
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,11 +19,10 @@ class PeakMemory:
     baseline_bytes: int
     peak_bytes: int
     method: str
+    delta_bytes: int = field(init=False)  # extra memory the call needed above what was held before it
 
-    @property
-    def delta_bytes(self) -> int:
-        """Extra memory the call needed above what the process held before it."""
-        return max(0, self.peak_bytes - self.baseline_bytes)
+    def __post_init__(self) -> None:
+        self.delta_bytes = max(0, self.peak_bytes - self.baseline_bytes)
 
 
 def current_rss() -> int:
@@ -61,12 +60,13 @@ def peak_memory(fn: Callable[[], object], *, device: str = "cpu", interval: floa
     freed but the C allocator kept, which is what the operating system sees.
     """
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
+        dev = torch.device(device)
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        base = torch.cuda.memory_allocated(dev)
         result = fn()
-        torch.cuda.synchronize()
-        return result, PeakMemory(device, base, torch.cuda.max_memory_allocated(), "cuda allocator peak")
+        torch.cuda.synchronize(dev)
+        return result, PeakMemory(device, base, torch.cuda.max_memory_allocated(dev), "cuda allocator peak")
     sampler = _RssSampler(interval)
     base = sampler.peak
     sampler.start()

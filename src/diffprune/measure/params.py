@@ -18,12 +18,11 @@ class ComponentParams:
     bytes: int
     dtype: str
     device: str
+    sparsity: float | None = field(init=False)  # fraction of zero weights; None without values
 
-    @property
-    def sparsity(self) -> float | None:
-        if self.nonzero is None or self.params == 0:
-            return None
-        return 1.0 - self.nonzero / self.params
+    def __post_init__(self) -> None:
+        known = self.nonzero is not None and self.params > 0
+        self.sparsity = 1.0 - self.nonzero / self.params if known else None
 
 
 @dataclass

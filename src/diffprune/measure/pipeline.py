@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from diffprune.archs.family import detect_family
+from diffprune.errors import DiffpruneError
 
 from .flops import FlopCount, count_flops
 from .inputs import text_encoder_inputs, unet_inputs, vae_decode_inputs
@@ -46,51 +47,67 @@ class PipelineMeasurement:
         return out
 
 
-def default_resolution(pipe) -> int:
-    """The resolution a pipeline was built for (U-Net sample size x VAE scale factor)."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+def _unet_parts(obj):
+    """(U-Net, VAE scale factor, text length) of a pipeline, or of a bare ``UNet2DConditionModel``."""
+    from diffusers import UNet2DConditionModel
+
+    if isinstance(obj, UNet2DConditionModel):
+        return obj, 8, 77  # every SD family: VAE downsamples by 8, CLIP reads 77 tokens
+    return obj.unet, int(obj.vae_scale_factor), int(obj.tokenizer.model_max_length)
 
 
-def unet_call(pipe, *, resolution: int, batch: int = 1, seed: int = 0):
+def default_resolution(obj) -> int:
+    """The resolution a pipeline (or bare U-Net) was built for: U-Net sample size x VAE scale factor."""
+    unet, factor, _ = _unet_parts(obj)
+    return int(unet.config.sample_size) * factor
+
+
+def unet_call(obj, *, resolution: int, batch: int = 1, seed: int = 0):
     """A zero-argument callable running one U-Net forward at ``resolution`` (for latency measurements)."""
-    kwargs = unet_inputs(pipe.unet, resolution=resolution, batch=batch, vae_scale_factor=pipe.vae_scale_factor,
-                         text_length=pipe.tokenizer.model_max_length, seed=seed)
+    unet, factor, text_length = _unet_parts(obj)
+    if any(p.device.type == "meta" for p in unet.parameters()):
+        raise DiffpruneError("latency needs real weights; this U-Net is on the meta device")
+    kwargs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=factor,
+                         text_length=text_length, seed=seed)
 
     def call():
         with torch.inference_mode():
-            return pipe.unet(**kwargs)
+            return unet(**kwargs)
 
     return call
 
 
 def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, latency_repeats: int = 0,
                      latency_warmup: int = 1, source: str | None = None) -> PipelineMeasurement:
-    """Measure a Stable Diffusion pipeline.
+    """Measure a Stable Diffusion pipeline (or a bare ``UNet2DConditionModel``).
 
     FLOPs are per single call of each component at ``resolution`` and ``batch`` (classifier-free guidance
     doubles the U-Net batch; a sampling run makes one U-Net call per step), attention included.
     ``latency_repeats > 0`` also times the U-Net call (needs real weights, not ``meta``).
     """
     family = detect_family(pipe)
+    unet, factor, text_length = _unet_parts(pipe)
     resolution = resolution or default_resolution(pipe)
-    factor = pipe.vae_scale_factor
-    text_length = pipe.tokenizer.model_max_length
-    unet_flops = count_flops(pipe.unet, **unet_inputs(pipe.unet, resolution=resolution, batch=batch,
-                                                      vae_scale_factor=factor, text_length=text_length))
-    te_flops = {}
-    for name in ("text_encoder", "text_encoder_2"):
-        encoder = getattr(pipe, name, None)
-        if encoder is not None:
-            te_flops[name] = count_flops(encoder, **text_encoder_inputs(encoder, batch=batch,
-                                                                        text_length=text_length))
-    vae_flops = count_flops(pipe.vae, method="decode",
-                            **vae_decode_inputs(pipe.vae, resolution=resolution, batch=batch,
-                                                vae_scale_factor=factor))
+    call = unet_call(pipe, resolution=resolution, batch=batch) if latency_repeats > 0 else None
+    unet_flops = count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=batch,
+                                                 vae_scale_factor=factor, text_length=text_length))
+    te_flops, vae_flops = {}, None
+    if unet is not pipe:
+        for name in ("text_encoder", "text_encoder_2"):
+            encoder = getattr(pipe, name, None)
+            if encoder is not None:
+                te_flops[name] = count_flops(encoder, **text_encoder_inputs(encoder, batch=batch,
+                                                                            text_length=text_length))
+        vae_flops = count_flops(pipe.vae, method="decode",
+                                **vae_decode_inputs(pipe.vae, resolution=resolution, batch=batch,
+                                                    vae_scale_factor=factor))
     latency = None
-    if latency_repeats > 0:
-        device = str(pipe.unet.device)
-        latency = measure_latency(unet_call(pipe, resolution=resolution, batch=batch), repeats=latency_repeats,
-                                  warmup=latency_warmup, label="unet", device=device)
-    return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch,
-                               params=count_params(pipe), unet_flops=unet_flops, text_encoder_flops=te_flops,
-                               vae_decode_flops=vae_flops, unet_latency=latency, source=source)
+    if call is not None:
+        latency = measure_latency(call, repeats=latency_repeats, warmup=latency_warmup, label="unet",
+                                  device=str(unet.device))
+    params = count_params(pipe)
+    if unet is pipe:
+        params.components = {"unet": params.components.pop("model")}
+    return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch, params=params,
+                               unet_flops=unet_flops, text_encoder_flops=te_flops, vae_decode_flops=vae_flops,
+                               unet_latency=latency, source=source)
