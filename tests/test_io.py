@@ -10,6 +10,16 @@ from diffprune._fs import _umask
 from diffprune.archs import Family, detect_family
 
 
+def _saved_without(pipe, folder, unet_key):
+    """Save ``pipe`` and delete one tensor from the U-Net's weight file, as a damaged folder would."""
+    out = diffprune.save(pipe, folder)
+    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop(unet_key)
+    save_file(state, weights)
+    return out, weights
+
+
 def _assert_same_weights(a, b):
     for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
         ma, mb = getattr(a, name, None), getattr(b, name, None)
@@ -118,11 +128,7 @@ def test_malformed_configs_and_component_weights(tiny_sd, tmp_path):
     (tmp_path / "bad" / "model_index.json").write_text("[1, 2]")
     with pytest.raises(DiffpruneError, match="does not hold a JSON object"):
         diffprune.load(tmp_path / "bad")
-    out = diffprune.save(tiny_sd, tmp_path / "m")
-    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
-    state = load_file(weights)
-    state.pop("conv_out.bias")
-    save_file(state, weights)
+    out, weights = _saved_without(tiny_sd, tmp_path / "m", "conv_out.bias")
     with pytest.raises(DiffpruneError, match="missing.*conv_out.bias"):
         diffprune.load(out / "unet")  # a bare component folder is checked too
     weights.unlink()
@@ -144,11 +150,7 @@ def test_folder_without_configs(tmp_path):
 
 
 def test_missing_weights_are_refused_not_randomised(tiny_sd, tmp_path):
-    out = diffprune.save(tiny_sd, tmp_path / "m")
-    weights = out / "unet" / "diffusion_pytorch_model.safetensors"
-    state = load_file(weights)
-    state.pop("conv_in.weight")
-    save_file(state, weights)
+    out, _ = _saved_without(tiny_sd, tmp_path / "m", "conv_in.weight")
     with pytest.raises(DiffpruneError, match="1 weights are missing.*conv_in.weight"):
         diffprune.load(out)
 
