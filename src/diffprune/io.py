@@ -176,7 +176,7 @@ def _load_single_file(path: Path, dtype, config: str | None):
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise DiffpruneError(f"{path} is not a readable safetensors file: {e}") from None
+            raise DiffpruneError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
     else:
         try:
             state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
