@@ -35,9 +35,10 @@ class ParamCounts:
 
 
 def model_components(obj) -> dict[str, nn.Module]:
-    """The ``nn.Module`` components of a pipeline (in a fixed order), or ``{"model": obj}`` for a module."""
+    """The ``nn.Module`` components of a pipeline (in a fixed order); a bare module is one component,
+    named ``unet`` for a ``UNet2DConditionModel`` (so its numbers line up with a pipeline's) else ``model``."""
     if isinstance(obj, nn.Module):
-        return {"model": obj}
+        return {"unet" if type(obj).__name__ == "UNet2DConditionModel" else "model": obj}
     comps = {name: getattr(obj, name, None) for name in MODEL_COMPONENTS}
     extra = {k: v for k, v in getattr(obj, "components", {}).items()
              if isinstance(v, nn.Module) and k not in comps}

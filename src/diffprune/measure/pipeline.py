@@ -105,9 +105,6 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
     if call is not None:
         latency = measure_latency(call, repeats=latency_repeats, warmup=latency_warmup, label="unet",
                                   device=str(unet.device))
-    params = count_params(pipe)
-    if unet is pipe:
-        params.components = {"unet": params.components.pop("model")}
-    return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch, params=params,
+    return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch, params=count_params(pipe),
                                unet_flops=unet_flops, text_encoder_flops=te_flops, vae_decode_flops=vae_flops,
                                unet_latency=latency, source=source)
