@@ -1,0 +1,252 @@
+"""Train the shapes testbed from scratch: evaluator, VAE, then text encoder and U-Net jointly.
+
+One command reproduces the committed weights (same seed, same machine kind)::
+
+    python -m diffprune.testbed.train --out runs/testbed
+
+writes ``evaluator.safetensors``, ``pipeline/`` (a ``StableDiffusionPipeline`` folder, fp16 weights) and
+``training.json`` (configuration, losses, seconds per stage). ``--quick`` runs a few steps of each stage to
+check the mechanics in under a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import augment, render_images, sample_scenes, to_float
+from .evaluator import ShapesEvaluator, evaluator_loss, scene_targets, score_scene
+from .models import TestbedArch, build_models
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 128), unet_head_dim=8))
+    two_object_prob: float = 0.3
+    # evaluator: reads any colour-shape combination, held-out ones included
+    evaluator_images: int = 40_000
+    evaluator_steps: int = 2_000
+    evaluator_batch: int = 96
+    evaluator_lr: float = 2e-3
+    # VAE and diffusion: training split only
+    images: int = 30_000
+    vae_steps: int = 1_000
+    vae_batch: int = 32
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    unet_steps: int = 3_600
+    unet_batch: int = 32
+    unet_lr: float = 5e-4
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_power: float = 2 / 3
+
+    @classmethod
+    def quick(cls) -> "TrainConfig":
+        return cls(evaluator_images=512, evaluator_steps=10, evaluator_batch=32, images=256, vae_steps=10,
+                   unet_steps=10, warmup_steps=2)
+
+
+def _lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))  # cosine down to 10 %
+    return factor
+
+
+def _batches(n: int, batch: int, generator: torch.Generator):
+    """Endless shuffled index batches over ``n`` items."""
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        for i in range(0, n - batch + 1, batch):
+            yield perm[i:i + batch]
+
+
+def train_evaluator(cfg: TrainConfig, log: dict) -> ShapesEvaluator:
+    items = sample_scenes(cfg.evaluator_images, cfg.seed + 1, "any", two_object_prob=0.4)
+    images = render_images(items)
+    targets = scene_targets([s for s, _ in items])
+    torch.manual_seed(cfg.seed + 2)
+    model = ShapesEvaluator()
+    opt = torch.optim.AdamW(model.parameters(), cfg.evaluator_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.evaluator_steps))
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    batches = _batches(len(items), cfg.evaluator_batch, gen)
+    losses = []
+    for _ in tqdm(range(cfg.evaluator_steps), desc="evaluator", mininterval=5):
+        idx = next(batches)
+        x = augment(to_float(images[idx]), gen)
+        loss = evaluator_loss(model(x), {k: v[idx] for k, v in targets.items()})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    log["evaluator_loss_last100"] = sum(losses[-100:]) / len(losses[-100:])
+    return model.eval()
+
+
+def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict):
+    opt = torch.optim.AdamW(vae.parameters(), cfg.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.vae_steps))
+    gen = torch.Generator().manual_seed(cfg.seed + 4)
+    batches = _batches(len(images), cfg.vae_batch, gen)
+    losses = []
+    vae.train()
+    for _ in tqdm(range(cfg.vae_steps), desc="vae", mininterval=5):
+        x = to_float(images[next(batches)]) * 2 - 1
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        recon = vae.decode(z).sample
+        loss = (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean()
+        loss = loss + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+    log["vae_loss_last100"] = sum(losses[-100:]) / len(losses[-100:])
+    return vae.eval()
+
+
+@torch.no_grad()
+def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    means, stds = [], []
+    for i in range(0, len(images), batch):
+        dist = vae.encode(to_float(images[i:i + batch]) * 2 - 1).latent_dist
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds)
+
+
+def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, stds, scaling: float,
+                    cfg: TrainConfig, log: dict):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False,
+                                steps_offset=1)
+    tok = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
+                                  truncation=True, return_tensors="pt").input_ids
+    ids, empty = tok(captions), tok([""])[0]
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = EMAModel(params, use_ema_warmup=True, power=cfg.ema_power)
+    opt = torch.optim.AdamW(params, cfg.unet_lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    batches = _batches(len(captions), cfg.unet_batch, gen)
+    unet.train()
+    text_encoder.train()
+    losses = []
+    bar = tqdm(range(cfg.unet_steps), desc="text encoder + unet", mininterval=5)
+    for step in bar:
+        idx = next(batches)
+        z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        batch_ids = ids[idx].clone()
+        dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
+        batch_ids[dropped] = empty
+        hidden = text_encoder(batch_ids)[0]
+        pred = unet(noise_sched.add_noise(z, noise, t), t, hidden).sample
+        loss = (pred - noise).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    ema.copy_to(params)
+    log["diffusion_loss_last200"] = sum(losses[-200:]) / len(losses[-200:])
+    log["diffusion_loss_curve"] = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
+                                   for i in range(0, len(losses), 100)]
+    return noise_sched
+
+
+@torch.no_grad()
+def _read_accuracy(evaluator: ShapesEvaluator, items, images: torch.Tensor) -> float:
+    """Share of scenes whose every attribute the evaluator reads right."""
+    readings = [r for i in range(0, len(images), 256) for r in evaluator.read(images[i:i + 256])]
+    return sum(score_scene(scene, found)["all"] for (scene, _), found in zip(items, readings)) / len(items)
+
+
+def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
+    """Run every stage and write the testbed to ``out_dir`` (see the module docstring)."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from safetensors.torch import save_file
+
+    cfg = cfg or TrainConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                 "seconds": {}}
+    t0 = time.perf_counter()
+    evaluator = train_evaluator(cfg, log)
+    save_file({k: v.half().contiguous() for k, v in evaluator.state_dict().items()}, str(out / "evaluator.safetensors"))
+    log["seconds"]["evaluator"] = round(time.perf_counter() - t0, 1)
+    check_items = sample_scenes(512, cfg.seed + 10, "heldout")
+    check_images = to_float(render_images(check_items))
+    log["evaluator_accuracy_heldout_renders"] = _read_accuracy(evaluator, check_items, check_images)
+
+    t0 = time.perf_counter()
+    items = sample_scenes(cfg.images, cfg.seed + 6, "train", cfg.two_object_prob)
+    images = render_images(items)
+    captions = [scene.caption for scene, _ in items]
+    tokenizer, text_encoder, unet, vae = build_models(cfg.arch, seed=cfg.seed + 7)
+    torch.manual_seed(cfg.seed + 8)
+    vae = train_vae(vae, images, cfg, log)
+    means, stds = encode_latents(vae, images)
+    scaling = float(1.0 / means.std())
+    vae.register_to_config(scaling_factor=scaling)
+    log["vae_scaling_factor"] = scaling
+    with torch.no_grad():
+        recon = (vae.decode(vae.encode(check_images * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)
+    log["vae_psnr_heldout"] = round(float(-10 * torch.log10((recon - check_images).pow(2).mean())), 2)
+    log["evaluator_accuracy_heldout_vae_reconstructions"] = _read_accuracy(evaluator, check_items, recon)
+    print(json.dumps({k: v for k, v in log.items() if k not in ("config",)}), flush=True)
+    log["seconds"]["vae"] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed + 9)
+    noise_sched = train_diffusion(tokenizer, text_encoder, unet, captions, means, stds, scaling, cfg, log)
+    log["seconds"]["diffusion"] = round(time.perf_counter() - t0, 1)
+
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_sched.config)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
+                                   unet=unet.eval(), scheduler=scheduler, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.to(torch.float16).save_pretrained(out / "pipeline")
+    log["seconds"]["total"] = round(sum(log["seconds"].values()), 1)
+    (out / "training.json").write_text(json.dumps(log, indent=2) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to write the trained testbed to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the mechanics")
+    args = parser.parse_args(argv)
+    cfg = TrainConfig.quick() if args.quick else TrainConfig()
+    cfg.seed = args.seed
+    out = train(args.out, cfg)
+    print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
+
+
+if __name__ == "__main__":
+    main()
