@@ -33,8 +33,8 @@ def _positive_int(text: str) -> int:
 
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE",
-                   help="Hub id, local diffusers folder, single-file checkpoint, or random:<arch> "
-                        "(sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
+                   help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
+                        "testbed), or random:<arch> (sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
     p.add_argument("--config", help="for single-file checkpoints: diffusers folder or Hub id with matching configs")
 
@@ -60,7 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cpu, cuda[:i] or meta (random:<arch> defaults to meta: no memory, no non-zero counts)")
     p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
 
-    p = sub.add_parser("demo", help="load the bundled default pipeline, measure it, write a report")
+    p = sub.add_parser("eval", help="evaluate a pipeline: shapes (exact), fidelity, clip, pickscore, fid")
+    _add_source(p)
+    p.add_argument("--suite", default="shapes", choices=["shapes", "fidelity", "clip", "pickscore", "fid"])
+    p.add_argument("--prompts", type=_positive_int, metavar="N", help="evaluate the first N prompts only")
+    p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (not for the shapes suite)")
+    p.add_argument("--seed", type=int, default=0, help="shifts every prompt's seed (default 0)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=25, help="images per pipeline call (default 25)")
+    p.add_argument("--reference", metavar="SOURCE", help="fidelity: the uncompressed pipeline (default: shapes)")
+    p.add_argument("--clip-model", metavar="DIR", help="clip: local transformers CLIP folder")
+    p.add_argument("--pickscore-model", metavar="DIR", help="pickscore: local PickScore (CLIP) folder")
+    p.add_argument("--pickscore-processor", metavar="DIR", help="pickscore: processor folder if not with the model")
+    p.add_argument("--inception-weights", metavar="FILE", help="fid: local FID Inception weights (.pth)")
+    p.add_argument("--reference-images", metavar="DIR", help="fid: folder of real images")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
+    p.add_argument("--report", metavar="DIR", help="write a report folder (metrics, image grids, per prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+
+    p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     p.add_argument("--source", default=None, help="pipeline to run instead of the bundled default")
@@ -155,11 +175,50 @@ def _cmd_demo(args) -> int:
     s = result.summary
     print(f"demo: {s['source']} ({s['family']}), {s['total_params']:,} parameters, "
           f"{s['unet_tflops'] * 1e3:.3f} GFLOPs per U-Net call, {s['gflops_per_image']:.3f} GFLOPs per image")
+    if "accuracy_all" in s:
+        print(f"quality on held-out shapes prompts: all attributes right {s['accuracy_all']:.0%}, FD {s['fd']:.3g}")
     print(f"report: {result.report_dir / 'report.md'}")
     return 0
 
 
-_COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "demo": _cmd_demo}
+def _cmd_eval(args) -> int:
+    from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
+    from diffprune.evaluate import EvalConfig, evaluate, write_report
+    from diffprune.evaluate.generate import is_main_process
+    from diffprune.io import input_folder
+    from diffprune.report import fmt, to_jsonable
+
+    inputs = [args.source, args.config, args.reference, args.prompts_file]
+    if args.json:  # checked before the (long) run, so a bad path costs nothing
+        check_output_file(args.json, protect=inputs)
+    if args.report:
+        check_output_dir(args.report, overwrite=args.overwrite, protect=inputs, marker="report.json")
+    config = EvalConfig(suite=args.suite, prompts=args.prompts, prompts_file=args.prompts_file, seed=args.seed,
+                        steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
+                        reference=args.reference, clip_model=args.clip_model,
+                        pickscore_model=args.pickscore_model, pickscore_processor=args.pickscore_processor,
+                        inception_weights=args.inception_weights, reference_images=args.reference_images,
+                        progress=sys.stderr.isatty())
+    pipe = _load(args, device=args.device)
+    result = evaluate(pipe, config)
+    if not is_main_process():  # under a multi-process launcher, one process reports
+        return 0
+    print(f"{args.source}: {args.suite} suite, {result.metrics['n_images']} images, "
+          f"{result.metrics['seconds']:.1f} s")
+    for key, value in result.metrics.items():
+        if key not in ("n_images", "seconds"):
+            print(f"  {key:<26}{fmt(value)}")
+    protect = [*inputs, input_folder(pipe)]
+    if args.json:
+        atomic_write_text(args.json, json.dumps(to_jsonable(result.to_json()), indent=2) + "\n", protect=protect)
+        print(f"  wrote {args.json}")
+    if args.report:
+        folder = write_report(result, args.report, source=args.source, overwrite=args.overwrite, protect=protect)
+        print(f"  report: {folder / 'report.md'}")
+    return 0
+
+
+_COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo}
 
 
 def _quiet_libraries() -> None:

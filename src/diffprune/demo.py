@@ -1,6 +1,6 @@
-"""The demo job: load the bundled default pipeline, measure it, generate a small image grid, write a report.
+"""The demo job: load the bundled shapes testbed, measure it, generate and evaluate an image grid, write a report.
 
-It exercises the whole load -> measure -> report path on a model that needs no download.
+It exercises the whole load -> measure -> evaluate -> report path on a trained model that needs no download.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
+from diffprune.evaluate.shapes import ShapesSuiteConfig, run_shapes_suite
 from diffprune.io import input_folder, load
 from diffprune.measure import describe_hardware, measure_pipeline, peak_memory
 from diffprune.report import Report
@@ -27,10 +29,11 @@ DEFAULT_PROMPTS = (
 
 @dataclass
 class DemoConfig:
-    source: str = "random:tiny-sd"
-    prompts: tuple[str, ...] = DEFAULT_PROMPTS
-    steps: int = 10
-    guidance_scale: float = 7.5
+    source: str = "shapes"
+    prompts: tuple[str, ...] = DEFAULT_PROMPTS  # for pipelines the shapes suite cannot read
+    eval_prompts: int = 16  # held-out shapes prompts generated and scored when the pipeline draws 64x64
+    steps: int = 20
+    guidance_scale: float = 5.0
     seed: int = 0
     latency_repeats: int = 5
 
@@ -82,9 +85,20 @@ def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
     m = measure_pipeline(pipe, latency_repeats=config.latency_repeats, source=config.source)
     stages.update()
     stages.set_postfix_str("generating")
-    generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(config.prompts))]
-    images, memory = peak_memory(lambda: pipe(list(config.prompts), num_inference_steps=config.steps,
-                                              guidance_scale=config.guidance_scale, generator=generators).images)
+    suite = None
+    if m.resolution == 64:  # the testbed's size: generate held-out prompts and score them exactly
+        cfg = ShapesSuiteConfig(prompts=config.eval_prompts, seed=config.seed, steps=config.steps,
+                                guidance_scale=config.guidance_scale, progress=False)
+        suite, memory = peak_memory(lambda: run_shapes_suite(pipe, cfg))
+        images = [Image.fromarray(a) for a in
+                  (suite.images.permute(0, 2, 3, 1) * 255).round().byte().numpy()]
+        captions = [p.caption for p in suite.prompts]
+    else:
+        generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(config.prompts))]
+        images, memory = peak_memory(lambda: pipe(list(config.prompts), num_inference_steps=config.steps,
+                                                  guidance_scale=config.guidance_scale,
+                                                  generator=generators).images)
+        captions = list(config.prompts)
     stages.update()
     stages.set_postfix_str("writing report")
 
@@ -114,11 +128,22 @@ def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
                                          for r in flops_rows],
                      [r["GFLOPs"] * r["calls per image"] for r in flops_rows], ylabel="GFLOPs per image",
                      heading="Where the compute goes", caption="FLOPs of each component over one image")
-    report.image_grid("samples", images, captions=list(config.prompts), heading="Samples")
+    report.image_grid("samples", images, captions=captions, heading="Samples")
+    if suite is not None:
+        q = suite.metrics
+        report.text(
+            f"Scored by the shapes evaluator on {q['n_images']} held-out prompts: all attributes right "
+            f"**{q['accuracy_all']:.0%}**, colour {q['accuracy_color']:.0%}, shape {q['accuracy_shape']:.0%}, "
+            f"position {q['accuracy_position']:.0%}; Frechet distance to ground-truth renders "
+            f"**{q['fd']:.3g}** (two sets of ground-truth renders: {q['fd_ground_truth']:.3g}).",
+            heading="Quality")
+        report.metrics("quality", q)
     hardware = describe_hardware(str(pipe.unet.device))
     report.text("\n".join(f"- {k}: {v}" for k, v in hardware.items()), heading="Hardware")
     summary = {**{k: v for k, v in m.to_json().items() if k != "detail"}, "gflops_per_image": per_image,
                "peak_memory_bytes": memory.peak_bytes, "steps": config.steps}
+    if suite is not None:
+        summary.update({k: suite.metrics[k] for k in ("accuracy_all", "fd")})
     report.metrics("summary", summary)
     report.metrics("measurement", m)
     report.metrics("memory", memory)

@@ -2,7 +2,8 @@
 
 Sources: a Hub id (from the local cache when offline), a local diffusers folder, a single-file
 checkpoint (``.safetensors``/``.ckpt``), a folder saved by diffprune, a bare component folder (e.g. a
-``unet/``), and ``random:<arch>`` for seeded random weights of a published architecture.
+``unet/``), ``shapes`` for the trained testbed shipped with diffprune, and ``random:<arch>`` for seeded
+random weights of a published architecture.
 """
 
 from __future__ import annotations
@@ -259,6 +260,11 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     text = str(source)
+    if text == "shapes":  # the trained testbed shipped with diffprune (fp16 on disk, fp32 by default)
+        from diffprune.testbed.assets import testbed_folder
+
+        pipe = _load_pipeline_folder(testbed_folder(), dtype or torch.float32)
+        return _finish(pipe, source=text, component=component, device=device)
     if text.startswith("random:"):
         pipe = archs.build_pipeline(text.split(":", 1)[1], device=device or "cpu", dtype=dtype, seed=seed)
         return _finish(pipe, source=text, component=component, device=None)

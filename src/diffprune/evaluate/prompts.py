@@ -1,0 +1,61 @@
+"""The fixed prompt lists evaluations run on, each prompt with its own seed.
+
+A prompt's seed depends only on its place in the list, never on batching or the number of processes, so any
+sharding of the work gives the same images.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DiffpruneError
+from ..testbed.world import Scene, sample_scene, single_object_scenes, split_of
+
+N_TWO_OBJECT = 28  # with the 72 held-out one-object scenes: 100 prompts
+
+
+@dataclass(frozen=True)
+class EvalPrompt:
+    caption: str
+    seed: int
+    scene: Scene | None = None  # known for shapes-world prompts: the ground truth
+
+
+def _heldout_scenes() -> list[Scene]:
+    singles = [s for s in single_object_scenes() if split_of(s) == "heldout"]
+    rng, pairs, seen = random.Random(2024), [], set()
+    while len(pairs) < N_TWO_OBJECT:
+        scene = sample_scene(rng, "heldout", two_object_prob=1.0)
+        if scene.caption not in seen:
+            seen.add(scene.caption)
+            pairs.append(scene)
+    scenes = singles + pairs
+    random.Random(7).shuffle(scenes)  # so that any prefix mixes one- and two-object prompts
+    return scenes
+
+
+def shapes_prompts(n: int | None = None, seed: int = 0) -> list[EvalPrompt]:
+    """The held-out shapes prompts (100: every held-out one-object scene and 28 two-object scenes), or the
+    first ``n`` of them; ``seed`` shifts every prompt's generation seed."""
+    scenes = _heldout_scenes()
+    if n is not None and not 1 <= n <= len(scenes):
+        raise DiffpruneError(f"--prompts must be between 1 and {len(scenes)}, got {n}")
+    return [EvalPrompt(s.caption, seed * 100_003 + i, s) for i, s in enumerate(scenes[:n])]
+
+
+def file_prompts(path: str | Path, n: int | None = None, seed: int = 0) -> list[EvalPrompt]:
+    """Prompts from a text file, one per line (blank lines and lines starting with ``#`` skipped)."""
+    try:
+        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DiffpruneError(f"cannot read prompts file {path}: {e.strerror or e}") from None
+    captions = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not captions:
+        raise DiffpruneError(f"prompts file {path} holds no prompts")
+    if n is not None:
+        if n < 1:
+            raise DiffpruneError(f"--prompts must be at least 1, got {n}")
+        captions = captions[:n]
+    return [EvalPrompt(c, seed * 100_003 + i) for i, c in enumerate(captions)]

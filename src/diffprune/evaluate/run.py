@@ -1,0 +1,167 @@
+"""One entry point for every suite: ``evaluate(source_or_pipe, EvalConfig(suite=...))``, and its report."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import DiffpruneError
+from .prompts import EvalPrompt, file_prompts, shapes_prompts
+
+SUITES = ("shapes", "fidelity", "clip", "pickscore", "fid")
+
+
+@dataclass
+class EvalConfig:
+    suite: str = "shapes"
+    prompts: int | None = None  # how many prompts (default: the whole list)
+    prompts_file: str | None = None  # one prompt per line; default: the held-out shapes prompts
+    seed: int = 0
+    steps: int = 20
+    guidance_scale: float = 5.0
+    batch_size: int = 25
+    reference: str | None = None  # fidelity: the uncompressed source (default: "shapes")
+    clip_model: str | None = None
+    pickscore_model: str | None = None
+    pickscore_processor: str | None = None
+    inception_weights: str | None = None
+    reference_images: str | None = None  # fid: a folder of real images (default for shapes prompts: renders)
+    progress: bool = True
+
+
+@dataclass
+class EvalResult:
+    suite: str
+    metrics: dict
+    captions: list[str]
+    images: torch.Tensor = field(repr=False)
+    reference_images: torch.Tensor | None = field(default=None, repr=False)
+    per_prompt: list[dict] = field(default_factory=list, repr=False)
+
+    def to_json(self) -> dict:
+        return dict(self.metrics)
+
+
+def _as_pipe(source, dtype=None, device=None):
+    if isinstance(source, (str, os.PathLike)):
+        from ..io import load
+
+        return load(source, dtype=dtype, device=device)
+    return source
+
+
+def _prompts(config: EvalConfig) -> list[EvalPrompt]:
+    if config.prompts_file:
+        return file_prompts(config.prompts_file, config.prompts, config.seed)
+    return shapes_prompts(config.prompts, config.seed)
+
+
+def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=None) -> EvalResult:
+    """Run ``config.suite`` on a pipeline (or anything :func:`diffprune.load` accepts)."""
+    from .generate import generate
+
+    config = config or EvalConfig()
+    if config.suite not in SUITES:
+        raise DiffpruneError(f"unknown suite '{config.suite}' (choose from {', '.join(SUITES)})")
+    pipe = _as_pipe(source, dtype, device)
+    if config.suite == "shapes":
+        from .shapes import ShapesSuiteConfig, run_shapes_suite
+
+        if config.prompts_file:
+            raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
+        res = run_shapes_suite(pipe, ShapesSuiteConfig(config.prompts, config.seed, config.steps,
+                                                       config.guidance_scale, config.batch_size, config.progress))
+        return EvalResult("shapes", res.metrics, [p.caption for p in res.prompts], res.images,
+                          per_prompt=res.per_prompt)
+
+    start = time.perf_counter()
+    prompts = _prompts(config)
+    captions = [p.caption for p in prompts]
+    gen = dict(steps=config.steps, guidance_scale=config.guidance_scale, batch_size=config.batch_size,
+               progress=config.progress)
+    reference_images = None
+    if config.suite == "fidelity":
+        from .fidelity import fidelity_metrics
+
+        reference = _as_pipe(config.reference or "shapes", dtype, device)
+        images = generate(pipe, prompts, desc="compressed", **gen)
+        reference_images = generate(reference, prompts, desc="reference", **gen)
+        metrics = fidelity_metrics(images, reference_images, _feature_fn(images, config))
+    else:
+        images = generate(pipe, prompts, desc=config.suite, **gen)
+        metrics = _external_metric(config, images, captions, prompts)
+    metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
+                   seed=config.seed, seconds=round(time.perf_counter() - start, 2))
+    return EvalResult(config.suite, metrics, captions, images, reference_images)
+
+
+def _feature_fn(images: torch.Tensor, config: EvalConfig):
+    """Features for the fidelity cosine: the shapes evaluator for 64x64 images, else a local CLIP if given."""
+    if images.shape[-2:] == (64, 64) and not config.clip_model:
+        from ..testbed.evaluator import load_evaluator
+
+        return load_evaluator().features
+    if config.clip_model:
+        from .clip import _embed, load_clip
+
+        model, processor = load_clip(config.clip_model, "feature cosine", "--clip-model")
+        return lambda x: _embed(model, processor, x, [""] * len(x))[0]
+    return None
+
+
+def _external_metric(config: EvalConfig, images, captions, prompts) -> dict:
+    if config.suite == "clip":
+        from .clip import clip_score
+
+        return {"clip_score": clip_score(images, captions, config.clip_model)}
+    if config.suite == "pickscore":
+        from .clip import pick_score
+
+        return {"pickscore": pick_score(images, captions, config.pickscore_model, config.pickscore_processor)}
+    from .fid import fid, load_image_folder
+
+    if config.reference_images:
+        reference = load_image_folder(config.reference_images, size=images.shape[-1])
+    elif all(p.scene is not None for p in prompts):
+        from .shapes import ground_truth
+
+        reference = torch.nn.functional.interpolate(ground_truth(prompts), size=images.shape[-2:], mode="bilinear")
+    else:
+        raise DiffpruneError("FID needs real images: pass --reference-images DIR")
+    return {"fid": fid(images, reference, config.inception_weights)}
+
+
+def write_report(result: EvalResult, out_dir: str | os.PathLike, *, source: str, overwrite: bool = False,
+                 protect=(), grid: int = 16) -> Path:
+    """A report folder: metrics table, image grid (and the reference grid for fidelity), per-prompt scores."""
+    from ..report import Report
+
+    report = Report(out_dir, title=f"diffprune eval: {result.suite} suite on {source}", overwrite=overwrite,
+                    protect=protect)
+    report.table([{"metric": k, "value": v} for k, v in result.metrics.items()], heading="Metrics")
+    for key, value in result.metrics.items():
+        report.metrics(key, value)
+    n = min(grid, len(result.images))
+    pil = _to_pil(result.images[:n])
+    report.image_grid("images", pil, captions=result.captions[:n], columns=4, heading="Generated images",
+                      caption=f"first {n} of {len(result.images)} prompts, fixed seeds")
+    if result.reference_images is not None:
+        report.image_grid("reference", _to_pil(result.reference_images[:n]), captions=result.captions[:n],
+                          columns=4, heading="Reference images")
+    if result.per_prompt:
+        cols = [c for c in ("caption", "seed", "color", "shape", "size", "position", "count", "all", "read")
+                if c in result.per_prompt[0] or c == "size"]
+        rows = [{c: (", ".join(r[c]) if c == "read" else r.get(c, "")) for c in cols} for r in result.per_prompt]
+        report.table(rows, heading="Per prompt", columns=cols)
+    return report.write()
+
+
+def _to_pil(images: torch.Tensor):
+    from PIL import Image
+
+    arrays = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+    return [Image.fromarray(a) for a in arrays]

@@ -1,0 +1,56 @@
+"""Scoring rules of the shapes evaluator, on hand-made readings (no weights needed)."""
+
+import torch
+
+from diffprune.testbed.evaluator import Detection, ShapesEvaluator, evaluator_loss, scene_targets, score_scene
+from diffprune.testbed.world import POSITIONS, Scene, ShapeObject
+
+ONE = Scene((ShapeObject("red", "circle", "large", 0),))
+TWO = Scene((ShapeObject("blue", "triangle", "small", 0), ShapeObject("green", "star", "small", 2)),
+            "to the left of")
+
+
+def det(position, color, shape, size="small", confidence=0.9):
+    return Detection(position, color, shape, size, confidence)
+
+
+def test_one_object_all_right():
+    assert score_scene(ONE, [det(0, "red", "circle", "large")]) == {
+        "color": 1.0, "shape": 1.0, "size": 1.0, "position": 1.0, "count": 1.0, "all": 1.0}
+
+
+def test_one_object_wrong_cell_and_extra_object():
+    found = [det(4, "red", "circle", "large", 0.95), det(8, "blue", "square", "small", 0.6)]
+    assert score_scene(ONE, found) == {
+        "color": 1.0, "shape": 1.0, "size": 1.0, "position": 0.0, "count": 0.0, "all": 0.0}
+
+
+def test_nothing_found_scores_zero():
+    assert score_scene(ONE, [])["all"] == 0.0
+    assert score_scene(TWO, []) == {"color": 0.0, "shape": 0.0, "position": 0.0, "count": 0.0, "all": 0.0}
+
+
+def test_two_objects_matched_in_either_order_and_relation_from_cells():
+    # drawn in other cells than the training scene, listed in the other order: the relation still holds
+    found = [det(5, "green", "star"), det(3, "blue", "triangle")]
+    assert score_scene(TWO, found)["all"] == 1.0
+    # same objects, relation broken (blue right of green)
+    assert score_scene(TWO, [det(3, "green", "star"), det(5, "blue", "triangle")]) == {
+        "color": 1.0, "shape": 1.0, "position": 0.0, "count": 1.0, "all": 0.0}
+
+
+def test_two_objects_half_credit_for_one_wrong_colour():
+    score = score_scene(TWO, [det(0, "blue", "triangle"), det(2, "orange", "star")])
+    assert score["color"] == 0.5 and score["shape"] == 1.0 and score["all"] == 0.0
+
+
+def test_targets_and_loss_shapes():
+    t = scene_targets([ONE, TWO])
+    assert t["present"].tolist() == [[1] + [0] * 8, [1, 0, 1] + [0] * 6]
+    assert t["shape"][1, 2].item() == 3 and t["color"][1, 0].item() == 2  # star, blue
+    model = ShapesEvaluator()
+    logits = model(torch.rand(2, 3, 64, 64))
+    assert logits["present"].shape == (2, len(POSITIONS)) and logits["color"].shape == (2, 9, 6)
+    loss = evaluator_loss(logits, t)
+    loss.backward()
+    assert loss.item() > 0 and model.head.weight.grad is not None
