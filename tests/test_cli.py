@@ -80,9 +80,12 @@ def test_demo_writes_a_report(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
     data = json.loads((out / "report.json").read_text())
-    assert data["summary"]["steps"] == 2 and data["summary"]["unet_params"] == 2_446_788
+    summary = data["summary"]
+    assert summary["steps"] == 2 and summary["resolution"] == 64 and summary["family"] == data["measurement"]["family"]
+    assert 0 <= summary["accuracy_all"] <= 1 and summary["fd"] > 0 and data["quality"]["n_images"] == 16
     assert {"samples.png", "params.png", "flops_per_image.png"} <= set(data["files"])
-    assert "report.md" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "report.md" in printed and "all attributes right" in printed
     code = main(["demo", "--out", str(out)])
     _one_line_error(capsys, code)
     assert json.loads((out / "report.json").read_text()) == data  # untouched
@@ -133,7 +136,8 @@ def test_uncached_hub_id(offline_hub, capsys):
     assert "Hugging Face cache" in _one_line_error(capsys, main(["measure", "nobody/nothing"]))
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["measure", "--help"], ["demo", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["info", "--help"], ["measure", "--help"], ["demo", "--help"],
+                                  ["eval", "--help"]])
 def test_help_everywhere(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

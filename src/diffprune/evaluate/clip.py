@@ -15,13 +15,19 @@ import torch
 from ..errors import DiffpruneError
 
 
-def load_clip(path: str | Path | None, what: str, option: str, processor_path: str | Path | None = None):
-    """``(CLIPModel, CLIPProcessor)`` from local folders; one clear error if they are missing."""
+def check_clip_folder(path: str | Path | None, what: str, option: str) -> Path:
+    """The CLIP folder at ``path``, or one clear error naming the option to set."""
     if not path:
         raise DiffpruneError(f"{what} needs local CLIP weights: pass {option} PATH (a transformers CLIP folder)")
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise DiffpruneError(f"{what}: no CLIP model at {folder} (expected a transformers folder with config.json)")
+    return folder
+
+
+def load_clip(path: str | Path | None, what: str, option: str, processor_path: str | Path | None = None):
+    """``(CLIPModel, CLIPProcessor)`` from local folders; one clear error if they are missing."""
+    folder = check_clip_folder(path, what, option)
     from transformers import CLIPModel, CLIPProcessor
 
     try:

@@ -39,9 +39,8 @@ def load_image_folder(folder: str | Path, size: int | None = None) -> torch.Tens
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
-def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights: str | Path | None,
-        batch_size: int = 32) -> float:
-    """FID (2048-d Inception pool features) of ``images`` against ``reference``, both in [0, 1]."""
+def check_fid_inputs(inception_weights: str | Path | None) -> Path:
+    """The Inception weights file, or one clear error (missing option, file or torch-fidelity)."""
     if not inception_weights:
         raise DiffpruneError("FID needs local Inception weights: pass --inception-weights PATH "
                              "(torch-fidelity's pt_inception-2015-12-05 file)")
@@ -52,6 +51,13 @@ def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights: str | 
         import torch_fidelity  # noqa: F401
     except ImportError:
         raise DiffpruneError("FID needs torch-fidelity: pip install 'diffprune[fid]'") from None
+    return weights
+
+
+def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights: str | Path | None,
+        batch_size: int = 32) -> float:
+    """FID (2048-d Inception pool features) of ``images`` against ``reference``, both in [0, 1]."""
+    weights = check_fid_inputs(inception_weights)
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))

@@ -67,12 +67,11 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
     config = config or EvalConfig()
     if config.suite not in SUITES:
         raise DiffpruneError(f"unknown suite '{config.suite}' (choose from {', '.join(SUITES)})")
+    _check_inputs(config)  # before loading and generating: a missing weights path costs nothing
     pipe = _as_pipe(source, dtype, device)
     if config.suite == "shapes":
         from .shapes import ShapesSuiteConfig, run_shapes_suite
 
-        if config.prompts_file:
-            raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
         res = run_shapes_suite(pipe, ShapesSuiteConfig(config.prompts, config.seed, config.steps,
                                                        config.guidance_scale, config.batch_size, config.progress))
         return EvalResult("shapes", res.metrics, [p.caption for p in res.prompts], res.images,
@@ -97,6 +96,31 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
     metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
                    seed=config.seed, seconds=round(time.perf_counter() - start, 2))
     return EvalResult(config.suite, metrics, captions, images, reference_images)
+
+
+def _check_inputs(config: EvalConfig) -> None:
+    from pathlib import Path
+
+    if config.suite == "shapes" and config.prompts_file:
+        raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
+    if config.prompts_file:
+        file_prompts(config.prompts_file, config.prompts, config.seed)
+    elif config.prompts is not None:
+        shapes_prompts(config.prompts, config.seed)
+    if config.suite == "clip" or (config.suite == "fidelity" and config.clip_model):
+        from .clip import check_clip_folder
+
+        check_clip_folder(config.clip_model, "CLIP score", "--clip-model")
+    if config.suite == "pickscore":
+        from .clip import check_clip_folder
+
+        check_clip_folder(config.pickscore_model, "PickScore", "--pickscore-model")
+    if config.suite == "fid":
+        from .fid import check_fid_inputs
+
+        check_fid_inputs(config.inception_weights)
+        if config.reference_images and not Path(config.reference_images).expanduser().is_dir():
+            raise DiffpruneError(f"reference images: no such folder {config.reference_images}")
 
 
 def _feature_fn(images: torch.Tensor, config: EvalConfig):
