@@ -69,5 +69,5 @@ def pick_score(images: torch.Tensor, captions: Sequence[str], model_path, proces
                batch_size: int = 32) -> float:
     """Mean PickScore; ``processor_path`` defaults to the model folder (PickScore ships CLIP-H's processor)."""
     model, processor = load_clip(model_path, "PickScore", "--pickscore-model", processor_path)
-    scale = float(model.logit_scale.exp())
+    scale = float(model.logit_scale.detach().exp())
     return float((scale * _cosines(model, processor, images, captions, batch_size)).mean())
