@@ -40,19 +40,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--split", choices=["heldout", "train"], default="heldout")
     args = parser.parse_args(argv)
 
     pipe = diffprune.load("shapes")
     evaluator = load_evaluator()
     config = ShapesSuiteConfig(prompts=args.prompts, seed=args.seed, steps=args.steps,
-                               guidance_scale=args.guidance_scale)
+                               guidance_scale=args.guidance_scale, split=args.split)
     rows = [("testbed", run_shapes_suite(pipe, config, evaluator).metrics)]
     original = pipe.unet
     pipe.unet = zero_random_weights(original, args.zero, args.seed)
     rows.append((f"{args.zero:.0%} U-Net weights zeroed", run_shapes_suite(pipe, config, evaluator).metrics))
     pipe.unet = original
 
-    print(f"shapes suite, {args.steps} steps, guidance {args.guidance_scale}, seed {args.seed}; "
+    print(f"shapes suite ({args.split} prompts), {args.steps} steps, guidance {args.guidance_scale}, seed {args.seed}; "
           f"{describe_hardware('cpu').get('cpu', 'cpu')}")
     print(f"{'variant':<28}" + "".join(f"{c.replace('accuracy_', 'acc_'):>14}" for c in COLUMNS))
     for label, m in rows:

@@ -73,3 +73,12 @@ def test_file_prompts(tmp_path):
         file_prompts(tmp_path / "empty.txt")
     with pytest.raises(DiffpruneError, match="cannot read"):
         file_prompts(tmp_path / "missing.txt")
+
+
+def test_train_split_prompts_mirror_the_heldout_list():
+    train = shapes_prompts(split="train")
+    assert len(train) == 100 and all(split_of(p.scene) == "train" for p in train)
+    assert sum(len(p.scene.objects) == 2 for p in train) == 28
+    assert not {p.caption for p in train} & {p.caption for p in shapes_prompts()}
+    with pytest.raises(DiffpruneError, match="unknown split"):
+        shapes_prompts(split="test")

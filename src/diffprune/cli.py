@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="shapes", choices=["shapes", "fidelity", "clip", "pickscore", "fid"])
     p.add_argument("--prompts", type=_positive_int, metavar="N", help="evaluate the first N prompts only")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (not for the shapes suite)")
+    p.add_argument("--split", choices=["heldout", "train"], default="heldout",
+                   help="shapes prompts: held-out combinations (default) or the training split")
     p.add_argument("--seed", type=int, default=0, help="shifts every prompt's seed (default 0)")
     p.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
@@ -198,7 +200,7 @@ def _cmd_eval(args) -> int:
                         reference=args.reference, clip_model=args.clip_model,
                         pickscore_model=args.pickscore_model, pickscore_processor=args.pickscore_processor,
                         inception_weights=args.inception_weights, reference_images=args.reference_images,
-                        progress=sys.stderr.isatty())
+                        progress=sys.stderr.isatty(), split=args.split)
     pipe = _load(args, device=args.device)
     result = evaluate(pipe, config)
     if not is_main_process():  # under a multi-process launcher, one process reports

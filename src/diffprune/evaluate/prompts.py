@@ -23,11 +23,13 @@ class EvalPrompt:
     scene: Scene | None = None  # known for shapes-world prompts: the ground truth
 
 
-def _heldout_scenes() -> list[Scene]:
-    singles = [s for s in single_object_scenes() if split_of(s) == "heldout"]
-    rng, pairs, seen = random.Random(2024), [], set()
+def _scenes(split: str) -> list[Scene]:
+    singles = [s for s in single_object_scenes() if split_of(s) == split]
+    if split == "train":  # as many one-object scenes as the held-out list has, drawn once with a fixed seed
+        singles = random.Random(2025).sample(singles, 72)
+    rng, pairs, seen = random.Random(2024 if split == "heldout" else 2026), [], set()
     while len(pairs) < N_TWO_OBJECT:
-        scene = sample_scene(rng, "heldout", two_object_prob=1.0)
+        scene = sample_scene(rng, split, two_object_prob=1.0)
         if scene.caption not in seen:
             seen.add(scene.caption)
             pairs.append(scene)
@@ -36,10 +38,17 @@ def _heldout_scenes() -> list[Scene]:
     return scenes
 
 
-def shapes_prompts(n: int | None = None, seed: int = 0) -> list[EvalPrompt]:
+def shapes_prompts(n: int | None = None, seed: int = 0, split: str = "heldout") -> list[EvalPrompt]:
     """The held-out shapes prompts (100: every held-out one-object scene and 28 two-object scenes), or the
-    first ``n`` of them; ``seed`` shifts every prompt's generation seed."""
-    scenes = _heldout_scenes()
+    first ``n`` of them; ``seed`` shifts every prompt's generation seed.
+
+    ``split="train"`` gives 100 prompts of the same make-up from the training split (72 one-object scenes,
+    28 two-object scenes), to measure the generalisation gap or tune sampler settings without touching the
+    held-out prompts.
+    """
+    if split not in ("heldout", "train"):
+        raise DiffpruneError(f"unknown split '{split}' (choose heldout or train)")
+    scenes = _scenes(split)
     if n is not None and not 1 <= n <= len(scenes):
         raise DiffpruneError(f"--prompts must be between 1 and {len(scenes)}, got {n}")
     return [EvalPrompt(s.caption, seed * 100_003 + i, s) for i, s in enumerate(scenes[:n])]

@@ -31,6 +31,7 @@ class EvalConfig:
     inception_weights: str | None = None
     reference_images: str | None = None  # fid: a folder of real images (default for shapes prompts: renders)
     progress: bool = True
+    split: str = "heldout"  # shapes prompts: "heldout" (default) or "train"
 
 
 @dataclass
@@ -57,7 +58,7 @@ def _as_pipe(source, dtype=None, device=None):
 def _prompts(config: EvalConfig) -> list[EvalPrompt]:
     if config.prompts_file:
         return file_prompts(config.prompts_file, config.prompts, config.seed)
-    return shapes_prompts(config.prompts, config.seed)
+    return shapes_prompts(config.prompts, config.seed, config.split)
 
 
 def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=None) -> EvalResult:
@@ -73,7 +74,8 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
         from .shapes import ShapesSuiteConfig, run_shapes_suite
 
         res = run_shapes_suite(pipe, ShapesSuiteConfig(config.prompts, config.seed, config.steps,
-                                                       config.guidance_scale, config.batch_size, config.progress))
+                                                       config.guidance_scale, config.batch_size, config.progress,
+                                                       config.split))
         return EvalResult("shapes", res.metrics, [p.caption for p in res.prompts], res.images,
                           per_prompt=res.per_prompt)
 
@@ -105,8 +107,8 @@ def _check_inputs(config: EvalConfig) -> None:
         raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
     if config.prompts_file:
         file_prompts(config.prompts_file, config.prompts, config.seed)
-    elif config.prompts is not None:
-        shapes_prompts(config.prompts, config.seed)
+    else:
+        shapes_prompts(config.prompts, config.seed, config.split)
     if config.suite == "clip" or (config.suite == "fidelity" and config.clip_model):
         from .clip import check_clip_folder
 

@@ -29,6 +29,7 @@ class ShapesSuiteConfig:
     guidance_scale: float = 5.0
     batch_size: int = 25
     progress: bool = True
+    split: str = "heldout"  # "train": prompts from the training split, for tuning and generalisation gaps
 
 
 @dataclass
@@ -73,7 +74,7 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     """Generate, read and score; see the module docstring. ``pipe`` must draw 64x64 shapes-world images."""
     config = config or ShapesSuiteConfig()
     start = time.perf_counter()
-    prompts = shapes_prompts(config.prompts, config.seed)
+    prompts = shapes_prompts(config.prompts, config.seed, config.split)
     evaluator = evaluator or load_evaluator()
     images = generate(pipe, prompts, steps=config.steps, guidance_scale=config.guidance_scale,
                       batch_size=config.batch_size, progress=config.progress, desc="shapes suite")
@@ -89,7 +90,7 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     # the same distance between two sets of ground-truth renders: what "as good as the world" reads
     metrics["fd_ground_truth"] = frechet_distance(evaluator.features, FEATURE_DIM, truth,
                                                   ground_truth(prompts, seed_offset=7_919))
-    metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
+    metrics.update(split=config.split, n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
                    seed=config.seed, seconds=round(time.perf_counter() - start, 2))
     per_prompt = [{"caption": p.caption, "seed": p.seed, **s,
                    "read": [f"{d.size} {d.color} {d.shape} @{d.position}" for d in found]}
