@@ -254,7 +254,8 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
 
     ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
     parameter counts). ``config`` is only used for single-file checkpoints: a diffusers folder or Hub id
-    whose configs and tokenizer match the checkpoint. ``cache_dir`` overrides the Hugging Face cache. Raises :class:`DiffpruneError` with one clear line
+    whose configs and tokenizer match the checkpoint. ``cache_dir`` overrides the Hugging Face cache.
+    ``"shapes"`` loads the trained testbed. Raises :class:`DiffpruneError` with one clear line
     for anything the user can fix.
     """
     dtype = parse_dtype(dtype)

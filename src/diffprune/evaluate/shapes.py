@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import DiffpruneError
 from ..testbed.data import render_images, to_float
 from ..testbed.evaluator import FEATURE_DIM, Detection, load_evaluator, score_scene
 from .frechet import frechet_distance
@@ -60,8 +61,8 @@ def summarize(scores: list[dict], prompts: list[EvalPrompt]) -> dict:
     metrics = {"accuracy_all": _mean([s["all"] for s in scores])}
     for attr in ATTRIBUTES:
         metrics[f"accuracy_{attr}"] = _mean([s[attr] for s in scores if attr in s])
-    metrics["accuracy_all_one_object"] = _mean([s["all"] for s, p in zip(scores, prompts) if len(p.scene.objects) == 1])
-    metrics["accuracy_all_two_objects"] = _mean([s["all"] for s, p in zip(scores, prompts) if len(p.scene.objects) == 2])
+    for n, key in ((1, "accuracy_all_one_object"), (2, "accuracy_all_two_objects")):
+        metrics[key] = _mean([s["all"] for s, p in zip(scores, prompts) if len(p.scene.objects) == n])
     return metrics
 
 
@@ -76,13 +77,12 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     start = time.perf_counter()
     prompts = shapes_prompts(config.prompts, config.seed, config.split)
     evaluator = evaluator or load_evaluator()
+    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    if size != 64:  # checked before generating anything
+        raise DiffpruneError(f"the shapes suite needs a pipeline drawing 64x64 images (the testbed's size); "
+                             f"this one draws {size}x{size}")
     images = generate(pipe, prompts, steps=config.steps, guidance_scale=config.guidance_scale,
                       batch_size=config.batch_size, progress=config.progress, desc="shapes suite")
-    if images.shape[-2:] != (64, 64):
-        from ..errors import DiffpruneError
-
-        raise DiffpruneError(f"the shapes suite needs 64x64 images (the testbed's size); the pipeline drew "
-                             f"{tuple(images.shape[-2:])}")
     scores, readings = score_images(images, prompts, evaluator)
     metrics = summarize(scores, prompts)
     truth = ground_truth(prompts)
@@ -90,8 +90,9 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     # the same distance between two sets of ground-truth renders: what "as good as the world" reads
     metrics["fd_ground_truth"] = frechet_distance(evaluator.features, FEATURE_DIM, truth,
                                                   ground_truth(prompts, seed_offset=7_919))
-    metrics.update(split=config.split, n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
-                   seed=config.seed, seconds=round(time.perf_counter() - start, 2))
+    metrics.update(split=config.split, n_images=len(images), steps=config.steps,
+                   guidance_scale=config.guidance_scale, seed=config.seed,
+                   seconds=round(time.perf_counter() - start, 2))
     per_prompt = [{"caption": p.caption, "seed": p.seed, **s,
                    "read": [f"{d.size} {d.color} {d.shape} @{d.position}" for d in found]}
                   for p, s, found in zip(prompts, scores, readings)]
