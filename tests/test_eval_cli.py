@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
@@ -44,6 +43,9 @@ def test_eval_fidelity_of_a_pipeline_against_itself(tmp_path):
     ["eval", "shapes", "--suite", "nope"],
     ["eval", "shapes", "--prompts", "0"],
     ["eval", "shapes", "--prompts", "101"],
+    ["eval", "shapes", "--prompts", "1"],
+    ["eval", "shapes", "--suite", "fid", "--prompts", "1", "--inception-weights", "p.txt"],
+    ["eval", "shapes", "--suite", "pickscore", "--pickscore-model", ".", "--pickscore-processor", "/no/such"],
     ["eval", "shapes", "--prompts-file", "p.txt"],
     ["eval", "shapes", "--suite", "clip", "--prompts", "2", "--steps", "1"],
     ["eval", "shapes", "--suite", "fid", "--prompts", "2", "--steps", "1"],
@@ -61,21 +63,20 @@ def test_eval_json_is_checked_before_running(tmp_path, capsys):
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.skipif(shutil.which("accelerate") is None and not os.path.exists(
-    os.path.join(os.path.dirname(sys.executable), "accelerate")), reason="accelerate launcher not on PATH")
 def test_two_processes_give_the_same_numbers(tmp_path):
-    """Sharded with accelerate over two CPU processes == one process (same threads per process)."""
+    """Sharded over two CPU processes (torchrun, as accelerate's multi-process launchers do) == one process,
+    with the same number of threads per process."""
     args = ["eval", "shapes", "--prompts", "6", "--steps", "3", "--batch-size", "2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one.json", tmp_path / "two.json"
-    subprocess.run([sys.executable, "-m", "diffprune.cli", *args, "--json", str(one)], check=True, env=env,
-                   capture_output=True, timeout=600)
-    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    run = subprocess.run([launcher if os.path.exists(launcher) else "accelerate", "launch", "--cpu",
-                          "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                          "--dynamo_backend", "no", "-m", "diffprune.cli", *args, "--json", str(two)],
+    single = subprocess.run([sys.executable, "-m", "diffprune.cli", *args, "--json", str(one)], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "diffprune.cli", *args, "--json", str(two)],
                          env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
+    assert "on 2 processes" in run.stdout and "on 2 processes" not in single.stdout
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     a.pop("seconds"), b.pop("seconds")
     assert a == b and a["n_images"] == 6

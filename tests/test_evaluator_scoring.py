@@ -54,3 +54,16 @@ def test_targets_and_loss_shapes():
     loss = evaluator_loss(logits, t)
     loss.backward()
     assert loss.item() > 0 and model.head.weight.grad is not None
+
+
+def test_two_identical_objects_tie_is_broken_by_the_relation():
+    same = Scene((ShapeObject("red", "circle", "small", 0), ShapeObject("red", "circle", "small", 1)),
+                 "to the left of")
+    # the more confident detection is the right-hand one: either matching agrees on colour and shape
+    assert score_scene(same, [det(1, "red", "circle", confidence=0.9), det(0, "red", "circle", confidence=0.8)])[
+        "all"] == 1.0
+
+
+def test_two_objects_with_one_found():
+    score = score_scene(TWO, [det(0, "blue", "triangle")])
+    assert score == {"color": 0.5, "shape": 0.5, "position": 0.0, "count": 0.0, "all": 0.0}

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
     p.add_argument("--source", default=None, help="pipeline to run instead of the bundled default")
     p.add_argument("--steps", type=_positive_int, default=None, help="denoising steps")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first prompt (others follow)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prompt list (default 0)")
     return parser
 
 
@@ -185,8 +185,8 @@ def _cmd_demo(args) -> int:
 
 def _cmd_eval(args) -> int:
     from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
-    from diffprune.evaluate import EvalConfig, evaluate, write_report
-    from diffprune.evaluate.generate import is_main_process
+    from diffprune.evaluate import EvalConfig, check_inputs, evaluate, write_report
+    from diffprune.evaluate.generate import is_main_process, process_count, process_device
     from diffprune.io import input_folder
     from diffprune.report import fmt, to_jsonable
 
@@ -201,12 +201,15 @@ def _cmd_eval(args) -> int:
                         pickscore_model=args.pickscore_model, pickscore_processor=args.pickscore_processor,
                         inception_weights=args.inception_weights, reference_images=args.reference_images,
                         progress=sys.stderr.isatty(), split=args.split)
-    pipe = _load(args, device=args.device)
-    result = evaluate(pipe, config)
+    check_inputs(config)  # before the (possibly long) load
+    device = process_device(args.device)
+    pipe = _load(args, device=device)
+    result = evaluate(pipe, config, dtype=args.dtype, device=device)
     if not is_main_process():  # under a multi-process launcher, one process reports
         return 0
+    n = process_count()
     print(f"{args.source}: {args.suite} suite, {result.metrics['n_images']} images, "
-          f"{result.metrics['seconds']:.1f} s")
+          f"{result.metrics['seconds']:.1f} s" + (f" on {n} processes" if n > 1 else ""))
     for key, value in result.metrics.items():
         if key not in ("n_images", "seconds"):
             print(f"  {key:<26}{fmt(value)}")

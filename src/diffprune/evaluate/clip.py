@@ -59,15 +59,17 @@ def _cosines(model, processor, images: torch.Tensor, captions: Sequence[str], ba
     return torch.cat(out)
 
 
-def clip_score(images: torch.Tensor, captions: Sequence[str], model_path, batch_size: int = 32) -> float:
-    """CLIP score of images (``(N, 3, H, W)`` in [0, 1]) against their captions."""
-    model, processor = load_clip(model_path, "CLIP score", "--clip-model")
+def clip_score(images: torch.Tensor, captions: Sequence[str], model_path=None, batch_size: int = 32,
+               loaded=None) -> float:
+    """CLIP score of images (``(N, 3, H, W)`` in [0, 1]) against their captions; ``loaded`` is an already
+    loaded ``(model, processor)``."""
+    model, processor = loaded or load_clip(model_path, "CLIP score", "--clip-model")
     return float((100 * _cosines(model, processor, images, captions, batch_size).clamp_min(0)).mean())
 
 
-def pick_score(images: torch.Tensor, captions: Sequence[str], model_path, processor_path=None,
-               batch_size: int = 32) -> float:
+def pick_score(images: torch.Tensor, captions: Sequence[str], model_path=None, processor_path=None,
+               batch_size: int = 32, loaded=None) -> float:
     """Mean PickScore; ``processor_path`` defaults to the model folder (PickScore ships CLIP-H's processor)."""
-    model, processor = load_clip(model_path, "PickScore", "--pickscore-model", processor_path)
+    model, processor = loaded or load_clip(model_path, "PickScore", "--pickscore-model", processor_path)
     scale = float(model.logit_scale.detach().exp())
     return float((scale * _cosines(model, processor, images, captions, batch_size)).mean())

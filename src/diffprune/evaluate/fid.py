@@ -54,13 +54,27 @@ def check_fid_inputs(inception_weights: str | Path | None) -> Path:
     return weights
 
 
-def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights: str | Path | None,
-        batch_size: int = 32) -> float:
-    """FID (2048-d Inception pool features) of ``images`` against ``reference``, both in [0, 1]."""
+def fid_metric(inception_weights: str | Path | None):
+    """torchmetrics' FID metric built on the local Inception weights (one clear error if they do not load)."""
     weights = check_fid_inputs(inception_weights)
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights))
+    try:
+        return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights),
+                                        sync_on_compute=False)
+    except Exception as e:  # a user's file: report it in one line
+        raise DiffpruneError(f"FID: cannot load Inception weights from {weights}: {str(e).splitlines()[0]}") from None
+
+
+def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights=None, batch_size: int = 32,
+        metric=None) -> float:
+    """FID (2048-d Inception pool features) of ``images`` against ``reference``, both in [0, 1].
+
+    Pass ``metric`` (from :func:`fid_metric`) to reuse a network already loaded."""
+    if min(len(images), len(reference)) < 2:
+        raise DiffpruneError("FID needs at least 2 generated and 2 reference images")
+    metric = metric or fid_metric(inception_weights)
+    metric.reset()
     with torch.no_grad():
         for data, real in ((reference, True), (images, False)):
             for i in range(0, len(data), batch_size):

@@ -30,27 +30,29 @@ def _generate_batch(pipe, prompts: Sequence[EvalPrompt], steps: int, guidance_sc
                     resolution: int) -> torch.Tensor:
     param = next(pipe.unet.parameters())
     latents = _initial_latents(pipe, [p.seed for p in prompts], resolution, resolution)
+    # stochastic samplers draw fresh noise at every step: from each prompt's own generator, not the global RNG
+    generators = [torch.Generator(param.device).manual_seed(p.seed + 1) for p in prompts]
     out = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance_scale,
                height=resolution, width=resolution, latents=latents.to(param.device, param.dtype),
-               output_type="pt")
-    return out.images.float().cpu().clamp(0, 1)
+               generator=generators, output_type="pt")
+    # 8-bit like any saved image: what users see, and a quarter of the memory to gather across processes
+    return (out.images.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def generate(pipe, prompts: Sequence[EvalPrompt], *, steps: int = 20, guidance_scale: float = 5.0,
              batch_size: int = 25, resolution: int | None = None, progress: bool = True,
              desc: str = "generating") -> torch.Tensor:
-    """Images ``(N, 3, H, W)`` in [0, 1] for ``prompts``, in order.
+    """Images ``(N, 3, H, W)`` in [0, 1] (8-bit levels) for ``prompts``, in order.
 
-    Under ``accelerate launch`` (or any multi-process launcher accelerate understands) the batches are split
-    between processes and gathered back, so every process returns the full, identical tensor.
+    Under a multi-process launcher accelerate understands (``torchrun``, ``accelerate launch --multi_gpu``) the
+    batches are split between processes and gathered back, so every process returns the full, identical tensor.
     """
-    from accelerate import PartialState
     from accelerate.utils import gather_object
 
     resolution = resolution or _resolution(pipe)
     pipe.set_progress_bar_config(disable=True)
     batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
-    state = PartialState()
+    state = _state()
     done: list[tuple[int, torch.Tensor]] = []
     with state.split_between_processes(list(enumerate(batches))) as mine:
         for b, indices in tqdm(mine, desc=desc, disable=not progress or not state.is_main_process,
@@ -59,10 +61,28 @@ def generate(pipe, prompts: Sequence[EvalPrompt], *, steps: int = 20, guidance_s
                                             resolution)))
     if state.num_processes > 1:
         done = gather_object(done)
-    return torch.cat([images for _, images in sorted(done, key=lambda item: item[0])])
+    return torch.cat([images for _, images in sorted(done, key=lambda item: item[0])]).float() / 255
+
+
+def _state():
+    """accelerate's process state; CPU-only machines join the process group over gloo (accelerate only does so
+    when asked for the CPU)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def is_main_process() -> bool:
-    from accelerate import PartialState
+    return _state().is_main_process
 
-    return PartialState().is_main_process
+
+def process_count() -> int:
+    return _state().num_processes
+
+
+def process_device(requested: str | None) -> str | None:
+    """The device this process should use: under a multi-process launcher each rank gets its own accelerator."""
+    state = _state()
+    if state.num_processes > 1 and state.device.type != "cpu" and requested in (None, state.device.type):
+        return str(state.device)
+    return requested

@@ -62,13 +62,15 @@ def _prompts(config: EvalConfig) -> list[EvalPrompt]:
 
 
 def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=None) -> EvalResult:
-    """Run ``config.suite`` on a pipeline (or anything :func:`diffprune.load` accepts)."""
+    """Run ``config.suite`` on a pipeline (or anything :func:`diffprune.load` accepts).
+
+    ``dtype`` and ``device`` apply to whatever this call loads: ``source`` if it is not a pipeline yet, and the
+    fidelity suite's reference.
+    """
     from .generate import generate
 
     config = config or EvalConfig()
-    if config.suite not in SUITES:
-        raise DiffpruneError(f"unknown suite '{config.suite}' (choose from {', '.join(SUITES)})")
-    _check_inputs(config)  # before loading and generating: a missing weights path costs nothing
+    check_inputs(config)  # before loading and generating: a wrong option costs nothing
     pipe = _as_pipe(source, dtype, device)
     if config.suite == "shapes":
         from .shapes import ShapesSuiteConfig, run_shapes_suite
@@ -89,26 +91,33 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
         from .fidelity import fidelity_metrics
 
         reference = _as_pipe(config.reference or "shapes", dtype, device)
+        features = _feature_fn(_resolution(pipe), config)
         images = generate(pipe, prompts, desc="compressed", **gen)
         reference_images = generate(reference, prompts, desc="reference", **gen)
-        metrics = fidelity_metrics(images, reference_images, _feature_fn(images, config))
+        metrics = fidelity_metrics(images, reference_images, features)
     else:
+        scorer = _external_scorer(config, prompts, _resolution(pipe))  # loads its network before generating
         images = generate(pipe, prompts, desc=config.suite, **gen)
-        metrics = _external_metric(config, images, captions, prompts)
+        metrics = scorer(images, captions)
     metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
                    seed=config.seed, seconds=round(time.perf_counter() - start, 2))
     return EvalResult(config.suite, metrics, captions, images, reference_images)
 
 
-def _check_inputs(config: EvalConfig) -> None:
-    from pathlib import Path
+def _resolution(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
+
+def check_inputs(config: EvalConfig) -> None:
+    """Every check that needs no model: suite, prompt count, files and folders the suite will read."""
+    if config.suite not in SUITES:
+        raise DiffpruneError(f"unknown suite '{config.suite}' (choose from {', '.join(SUITES)})")
     if config.suite == "shapes" and config.prompts_file:
         raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
-    if config.prompts_file:
-        file_prompts(config.prompts_file, config.prompts, config.seed)
-    else:
-        shapes_prompts(config.prompts, config.seed, config.split)
+    prompts = (file_prompts(config.prompts_file, config.prompts, config.seed) if config.prompts_file
+               else shapes_prompts(config.prompts, config.seed, config.split))
+    if config.suite in ("shapes", "fid") and len(prompts) < 2:
+        raise DiffpruneError(f"the {config.suite} suite fits a Gaussian to the images: it needs at least 2 prompts")
     if config.suite == "clip" or (config.suite == "fidelity" and config.clip_model):
         from .clip import check_clip_folder
 
@@ -117,6 +126,8 @@ def _check_inputs(config: EvalConfig) -> None:
         from .clip import check_clip_folder
 
         check_clip_folder(config.pickscore_model, "PickScore", "--pickscore-model")
+        if config.pickscore_processor and not Path(config.pickscore_processor).expanduser().is_dir():
+            raise DiffpruneError(f"PickScore: no processor folder at {config.pickscore_processor}")
     if config.suite == "fid":
         from .fid import check_fid_inputs
 
@@ -125,40 +136,45 @@ def _check_inputs(config: EvalConfig) -> None:
             raise DiffpruneError(f"reference images: no such folder {config.reference_images}")
 
 
-def _feature_fn(images: torch.Tensor, config: EvalConfig):
-    """Features for the fidelity cosine: the shapes evaluator for 64x64 images, else a local CLIP if given."""
-    if images.shape[-2:] == (64, 64) and not config.clip_model:
-        from ..testbed.evaluator import load_evaluator
-
-        return load_evaluator().features
+def _feature_fn(resolution: int, config: EvalConfig):
+    """Features for the fidelity cosine: a local CLIP if given, else the shapes evaluator for 64x64 images."""
     if config.clip_model:
         from .clip import _embed, load_clip
 
         model, processor = load_clip(config.clip_model, "feature cosine", "--clip-model")
         return lambda x: _embed(model, processor, x, [""] * len(x))[0]
+    if resolution == 64:
+        from ..testbed.evaluator import load_evaluator
+
+        return load_evaluator().features
     return None
 
 
-def _external_metric(config: EvalConfig, images, captions, prompts) -> dict:
+def _external_scorer(config: EvalConfig, prompts, resolution: int):
+    """A function ``(images, captions) -> metrics`` with its network (and reference images) already loaded."""
     if config.suite == "clip":
-        from .clip import clip_score
+        from .clip import clip_score, load_clip
 
-        return {"clip_score": clip_score(images, captions, config.clip_model)}
+        loaded = load_clip(config.clip_model, "CLIP score", "--clip-model")
+        return lambda images, captions: {"clip_score": clip_score(images, captions, loaded=loaded)}
     if config.suite == "pickscore":
-        from .clip import pick_score
+        from .clip import load_clip, pick_score
 
-        return {"pickscore": pick_score(images, captions, config.pickscore_model, config.pickscore_processor)}
-    from .fid import fid, load_image_folder
+        loaded = load_clip(config.pickscore_model, "PickScore", "--pickscore-model", config.pickscore_processor)
+        return lambda images, captions: {"pickscore": pick_score(images, captions, loaded=loaded)}
+    from .fid import fid, fid_metric, load_image_folder
 
     if config.reference_images:
-        reference = load_image_folder(config.reference_images, size=images.shape[-1])
+        reference = load_image_folder(config.reference_images, size=resolution)
     elif all(p.scene is not None for p in prompts):
         from .shapes import ground_truth
 
-        reference = torch.nn.functional.interpolate(ground_truth(prompts), size=images.shape[-2:], mode="bilinear")
+        reference = torch.nn.functional.interpolate(ground_truth(prompts), size=(resolution, resolution),
+                                                    mode="bilinear")
     else:
         raise DiffpruneError("FID needs real images: pass --reference-images DIR")
-    return {"fid": fid(images, reference, config.inception_weights)}
+    metric = fid_metric(config.inception_weights)
+    return lambda images, captions: {"fid": fid(images, reference, metric=metric)}
 
 
 def write_report(result: EvalResult, out_dir: str | os.PathLike, *, source: str, overwrite: bool = False,

@@ -106,7 +106,7 @@ def score_scene(scene: Scene, found: list[Detection]) -> dict[str, float]:
 
     One object: the most confident detection is compared on colour, shape, size and grid position.
     Two objects: the two most confident detections are matched to the requested objects (the assignment
-    agreeing on more colours and shapes wins); ``position`` is whether the caption's relation holds between
+    agreeing on more colours and shapes wins, then the one satisfying the relation); ``position`` is whether the caption's relation holds between
     the matched cells (the caption names no cells). ``count`` is whether exactly the requested number of
     objects was found; ``all`` requires every attribute and the count.
     """
@@ -128,11 +128,11 @@ def score_scene(scene: Scene, found: list[Detection]) -> dict[str, float]:
             dets = [top[i] if i is not None else None for i in order]
             colors = [float(d is not None and d.color == o.color) for d, o in zip(dets, want)]
             shapes = [float(d is not None and d.shape == o.shape) for d, o in zip(dets, want)]
-            agree = sum(colors) + sum(shapes)
-            if best is None or agree > best[0]:
-                best = (agree, dets, colors, shapes)
-        _, dets, colors, shapes = best
-        relation = float(None not in dets and relation_holds(scene.relation, dets[0].position, dets[1].position))
+            relation = float(None not in dets and relation_holds(scene.relation, dets[0].position, dets[1].position))
+            rank = (sum(colors) + sum(shapes), relation)
+            if best is None or rank > best[0]:
+                best = (rank, colors, shapes, relation)
+        _, colors, shapes, relation = best
         result = {"color": sum(colors) / 2, "shape": sum(shapes) / 2, "position": relation, "count": count}
     result["all"] = float(all(v == 1.0 for v in result.values()))
     return result

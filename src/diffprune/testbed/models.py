@@ -89,3 +89,14 @@ def build_models(arch: TestbedArch, seed: int = 0):
         unet = UNet2DConditionModel(**unet_config(arch))
         vae = AutoencoderKL(**vae_config(arch))
     return tokenizer, text_encoder, unet, vae
+
+
+def sampling_scheduler(train_config: dict):
+    """The scheduler shipped with the pipeline: DPM-Solver++ on the training noise schedule.
+
+    "trailing" spacing starts sampling at the last training timestep, the noise level the initial latents
+    have; "leading" would start lower (at 801 of 1000 for 4 steps).
+    """
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler.from_config(train_config, timestep_spacing="trailing")

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import augment, render_images, sample_scenes, to_float
-from .evaluator import ShapesEvaluator, evaluator_loss, scene_targets, score_scene
-from .models import TestbedArch, build_models
+from .evaluator import ShapesEvaluator, evaluator_loss, load_evaluator, scene_targets, score_scene
+from .models import TestbedArch, build_models, sampling_scheduler
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _read_accuracy(evaluator: ShapesEvaluator, items, images: torch.Tensor) -> f
 
 def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
     """Run every stage and write the testbed to ``out_dir`` (see the module docstring)."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
     cfg = cfg or TrainConfig()
@@ -199,6 +199,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
     evaluator = train_evaluator(cfg, log)
     save_file({k: v.half().contiguous() for k, v in evaluator.state_dict().items()}, str(out / "evaluator.safetensors"))
     log["seconds"]["evaluator"] = round(time.perf_counter() - t0, 1)
+    evaluator = load_evaluator(out / "evaluator.safetensors")  # judge what is shipped: the fp16 weights
     check_items = sample_scenes(512, cfg.seed + 10, "heldout")
     check_images = to_float(render_images(check_items))
     log["evaluator_accuracy_heldout_renders"] = _read_accuracy(evaluator, check_items, check_images)
@@ -226,7 +227,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
     noise_sched = train_diffusion(tokenizer, text_encoder, unet, captions, means, stds, scaling, cfg, log)
     log["seconds"]["diffusion"] = round(time.perf_counter() - t0, 1)
 
-    scheduler = DPMSolverMultistepScheduler.from_config(noise_sched.config)
+    scheduler = sampling_scheduler(noise_sched.config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
                                    unet=unet.eval(), scheduler=scheduler, safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
