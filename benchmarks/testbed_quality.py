@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"shapes suite ({args.split} prompts), {args.steps} steps, guidance {args.guidance_scale}, seed {args.seed}; "
           f"{describe_hardware('cpu').get('cpu', 'cpu')}")
-    print(f"{'variant':<28}" + "".join(f"{c.replace('accuracy_', 'acc_'):>14}" for c in COLUMNS))
+    print(f"{'variant':<28}" + "".join(f"{c.replace('accuracy_', 'acc_'):>16}" for c in COLUMNS))
     for label, m in rows:
-        cells = "".join(f"{m[c]:>14.4g}" if isinstance(m[c], float) else f"{m[c]:>14}" for c in COLUMNS)
+        cells = "".join(f"{m[c]:>16.4g}" if isinstance(m[c], float) else f"{m[c]:>16}" for c in COLUMNS)
         print(f"{label:<28}{cells}")
     base, bad = rows[0][1], rows[1][1]
     print(f"FD ratio damaged / testbed: {bad['fd'] / base['fd']:.2f}x; "

@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", choices=["train", "heldout"], default="train")
     args = parser.parse_args(argv)
     pipe, evaluator = diffprune.load("shapes"), load_evaluator()
-    print(f"{args.split + " prompts":<16}{'steps':>6}{'guidance':>10}{'acc_all':>10}{'acc_color':>11}{'acc_shape':>11}"
+    label = args.split + ' prompts'
+    print(f"{label:<16}{'steps':>6}{'guidance':>10}{'acc_all':>10}{'acc_color':>11}{'acc_shape':>11}"
           f"{'acc_pos':>9}{'acc_count':>11}{'fd':>9}{'seconds':>9}")
     for steps in args.steps:
         for guidance in args.guidance:

@@ -38,8 +38,8 @@ def _byte_alphabet() -> list[str]:
 def build_vocab(words: Iterable[str] = ()) -> tuple[dict[str, int], list[str]]:
     """Vocabulary and merge list in CLIP's layout: bytes, bytes+``</w>``, merged tokens, then BOS/EOS.
 
-    Each word (lower-cased, made of bytes the alphabet covers) gets left-to-right merges so that it
-    encodes as one token. The special tokens come last, so EOS has the largest id, as in CLIP (some
+    Each word (lower-cased, made of bytes the alphabet covers) gets merges so that it encodes as one token,
+    whatever other words share its letters. The special tokens come last, so EOS has the largest id, as in CLIP (some
     text-encoder configs pool the hidden state at ``argmax(input_ids)``).
     """
     alphabet = _byte_alphabet()
@@ -47,19 +47,29 @@ def build_vocab(words: Iterable[str] = ()) -> tuple[dict[str, int], list[str]]:
     tokens = list(alphabet) + [c + END_OF_WORD for c in alphabet]
     known = set(tokens)
     merges: list[str] = []
+    seen_merges: set[str] = set()
     for word in words:
         chars = [byte_to_char[b] for b in word.lower().strip().encode("utf-8")]
         if len(chars) < 2 or any(c.isspace() for c in word.strip()):
             continue
         pieces = chars[:-1] + [chars[-1] + END_OF_WORD]
-        current = pieces[0]
-        for nxt in pieces[1:]:
-            merged = current + nxt
-            if merged not in known:
-                merges.append(f"{current} {nxt}")
-                tokens.append(merged)
-                known.add(merged)
-            current = merged
+        n = len(pieces)
+        # BPE merges the lowest-ranked adjacent pair first, so a chain of left-to-right merges can be cut
+        # short by another word's merge ("r i" from "right" splits "triangle"). A merge for every pair of
+        # adjacent substrings makes every partial split of the word mergeable again: each word always ends
+        # as one token, whatever else is in the vocabulary. Shorter results first.
+        for length in range(2, n + 1):
+            for start in range(0, n - length + 1):
+                for cut in range(start + 1, start + length):
+                    left, right = "".join(pieces[start:cut]), "".join(pieces[cut:start + length])
+                    merge = f"{left} {right}"
+                    if merge in seen_merges:
+                        continue
+                    seen_merges.add(merge)
+                    merges.append(merge)
+                    if left + right not in known:
+                        tokens.append(left + right)
+                        known.add(left + right)
     tokens += [BOS, EOS]
     return {tok: i for i, tok in enumerate(tokens)}, merges
 
