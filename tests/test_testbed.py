@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import diffprune
-from diffprune.testbed.assets import WEIGHTS_DIR, testbed_folder
+from diffprune.testbed.assets import WEIGHTS_DIR
+from diffprune.testbed.assets import testbed_folder as shapes_folder
 from diffprune.testbed.data import augment, render_images, sample_scenes, to_float
 from diffprune.testbed.evaluator import load_evaluator, score_scene
 
@@ -26,7 +27,7 @@ def evaluator():
 def test_loads_with_plain_diffusers_and_with_diffprune(shapes_pipe):
     from diffusers import StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline.from_pretrained(testbed_folder(), torch_dtype=torch.float32)
+    pipe = StableDiffusionPipeline.from_pretrained(shapes_folder(), torch_dtype=torch.float32)
     assert type(shapes_pipe).__name__ == "StableDiffusionPipeline"
     assert shapes_pipe.unet.dtype == torch.float32 and shapes_pipe._diffprune["source"] == "shapes"
     for name in ("unet", "text_encoder", "vae"):
@@ -79,7 +80,9 @@ def test_images_do_not_depend_on_batching(shapes_pipe):
     a = generate(shapes_pipe, prompts, steps=3, batch_size=2, progress=False)
     b = generate(shapes_pipe, prompts, steps=3, batch_size=5, progress=False)
     assert a.shape == (5, 3, 64, 64)
-    torch.testing.assert_close(a, b, atol=2e-4, rtol=0)
+    # images are 8-bit: a last-digit float difference between batch shapes may flip one rounding, never more
+    diff = (a - b).abs()
+    assert diff.max() <= 1 / 255 + 1e-6 and (diff > 0).float().mean() < 1e-3
     c = generate(shapes_pipe, shapes_prompts(5, seed=1), steps=3, batch_size=5, progress=False)
     assert (a - c).abs().mean() > 0.01  # another seed draws other images
 
