@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
+from diffprune.evaluate.generate import to_pil
 from diffprune.evaluate.shapes import ShapesSuiteConfig, run_shapes_suite
 from diffprune.io import input_folder, load
 from diffprune.measure import describe_hardware, measure_pipeline, peak_memory
@@ -90,8 +90,7 @@ def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
         cfg = ShapesSuiteConfig(prompts=config.eval_prompts, seed=config.seed, steps=config.steps,
                                 guidance_scale=config.guidance_scale, progress=False)
         suite, memory = peak_memory(lambda: run_shapes_suite(pipe, cfg))
-        images = [Image.fromarray(a) for a in
-                  (suite.images.permute(0, 2, 3, 1) * 255).round().byte().numpy()]
+        images = to_pil(suite.images)
         captions = [p.caption for p in suite.prompts]
     else:
         generators = [torch.Generator().manual_seed(config.seed + i) for i in range(len(config.prompts))]

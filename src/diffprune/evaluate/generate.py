@@ -21,8 +21,17 @@ def _initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> tor
     return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
-def _resolution(pipe) -> int:
+def image_size(pipe) -> int:
+    """The side in pixels a pipeline draws by default."""
     return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def to_pil(images: torch.Tensor) -> list:
+    """``(N, 3, H, W)`` images in [0, 1] as PIL images."""
+    from PIL import Image
+
+    arrays = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+    return [Image.fromarray(a) for a in arrays]
 
 
 @torch.no_grad()
@@ -49,7 +58,7 @@ def generate(pipe, prompts: Sequence[EvalPrompt], *, steps: int = 20, guidance_s
     """
     from accelerate.utils import gather_object
 
-    resolution = resolution or _resolution(pipe)
+    resolution = resolution or image_size(pipe)
     pipe.set_progress_bar_config(disable=True)
     batches = [list(range(i, min(i + batch_size, len(prompts)))) for i in range(0, len(prompts), batch_size)]
     state = _state()

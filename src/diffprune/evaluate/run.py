@@ -67,7 +67,7 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
     ``dtype`` and ``device`` apply to whatever this call loads: ``source`` if it is not a pipeline yet, and the
     fidelity suite's reference.
     """
-    from .generate import generate
+    from .generate import generate, image_size
 
     config = config or EvalConfig()
     check_inputs(config)  # before loading and generating: a wrong option costs nothing
@@ -91,21 +91,17 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
         from .fidelity import fidelity_metrics
 
         reference = _as_pipe(config.reference or "shapes", dtype, device)
-        features = _feature_fn(_resolution(pipe), config)
+        features = _feature_fn(image_size(pipe), config)
         images = generate(pipe, prompts, desc="compressed", **gen)
         reference_images = generate(reference, prompts, desc="reference", **gen)
         metrics = fidelity_metrics(images, reference_images, features)
     else:
-        scorer = _external_scorer(config, prompts, _resolution(pipe))  # loads its network before generating
+        scorer = _external_scorer(config, prompts, image_size(pipe))  # loads its network before generating
         images = generate(pipe, prompts, desc=config.suite, **gen)
         metrics = scorer(images, captions)
     metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
                    seed=config.seed, seconds=round(time.perf_counter() - start, 2))
     return EvalResult(config.suite, metrics, captions, images, reference_images)
-
-
-def _resolution(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
 
 
 def check_inputs(config: EvalConfig) -> None:
@@ -181,6 +177,7 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, source: str,
                  protect=(), grid: int = 16) -> Path:
     """A report folder: metrics table, image grid (and the reference grid for fidelity), per-prompt scores."""
     from ..report import Report
+    from .generate import to_pil
 
     report = Report(out_dir, title=f"diffprune eval: {result.suite} suite on {source}", overwrite=overwrite,
                     protect=protect)
@@ -188,11 +185,11 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, source: str,
     for key, value in result.metrics.items():
         report.metrics(key, value)
     n = min(grid, len(result.images))
-    pil = _to_pil(result.images[:n])
+    pil = to_pil(result.images[:n])
     report.image_grid("images", pil, captions=result.captions[:n], columns=4, heading="Generated images",
                       caption=f"first {n} of {len(result.images)} prompts, fixed seeds")
     if result.reference_images is not None:
-        report.image_grid("reference", _to_pil(result.reference_images[:n]), captions=result.captions[:n],
+        report.image_grid("reference", to_pil(result.reference_images[:n]), captions=result.captions[:n],
                           columns=4, heading="Reference images")
     if result.per_prompt:
         cols = [c for c in ("caption", "seed", "color", "shape", "size", "position", "count", "all", "read")
@@ -200,10 +197,3 @@ def write_report(result: EvalResult, out_dir: str | os.PathLike, *, source: str,
         rows = [{c: (", ".join(r[c]) if c == "read" else r.get(c, "")) for c in cols} for r in result.per_prompt]
         report.table(rows, heading="Per prompt", columns=cols)
     return report.write()
-
-
-def _to_pil(images: torch.Tensor):
-    from PIL import Image
-
-    arrays = (images.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
-    return [Image.fromarray(a) for a in arrays]

@@ -16,7 +16,7 @@ from ..errors import DiffpruneError
 from ..testbed.data import render_images, to_float
 from ..testbed.evaluator import FEATURE_DIM, Detection, load_evaluator, score_scene
 from .frechet import frechet_distance
-from .generate import generate
+from .generate import generate, image_size
 from .prompts import EvalPrompt, shapes_prompts
 
 ATTRIBUTES = ("color", "shape", "size", "position", "count")
@@ -77,7 +77,7 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     start = time.perf_counter()
     prompts = shapes_prompts(config.prompts, config.seed, config.split)
     evaluator = evaluator or load_evaluator()
-    size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    size = image_size(pipe)
     if size != 64:  # checked before generating anything
         raise DiffpruneError(f"the shapes suite needs a pipeline drawing 64x64 images (the testbed's size); "
                              f"this one draws {size}x{size}")
