@@ -48,6 +48,10 @@ class TrainConfig:
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     ema_power: float = 2 / 3
+    # Min-SNR-gamma loss weighting (None: plain MSE); it shifts weight to the noisy steps where layout is decided
+    snr_gamma: float | None = None
+    # exclude embeddings, norms and biases from weight decay (False: decay everything, as the committed run did)
+    decay_matrices_only: bool = False
 
     @classmethod
     def quick(cls) -> "TrainConfig":
@@ -130,6 +134,15 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
+def _param_groups(unet, text_encoder, matrices_only: bool, weight_decay: float = 1e-2) -> list[dict]:
+    named = list(unet.named_parameters()) + list(text_encoder.named_parameters())
+    if not matrices_only:
+        return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
+    decayed = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
+    kept = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
+
+
 def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, stds, scaling: float,
                     cfg: TrainConfig, log: dict):
     from diffusers import DDPMScheduler
@@ -143,7 +156,8 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     ids, empty = tok(captions), tok([""])[0]
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = EMAModel(params, use_ema_warmup=True, power=cfg.ema_power)
-    opt = torch.optim.AdamW(params, cfg.unet_lr, weight_decay=1e-2)
+    opt = torch.optim.AdamW(_param_groups(unet, text_encoder, cfg.decay_matrices_only), cfg.unet_lr)
+    snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 5)
     batches = _batches(len(captions), cfg.unet_batch, gen)
@@ -161,7 +175,11 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         batch_ids[dropped] = empty
         hidden = text_encoder(batch_ids)[0]
         pred = unet(noise_sched.add_noise(z, noise, t), t, hidden).sample
-        loss = (pred - noise).pow(2).mean()
+        if cfg.snr_gamma is None:
+            loss = (pred - noise).pow(2).mean()
+        else:  # epsilon target: each sample weighted min(SNR, gamma) / SNR
+            weight = snr[t].clamp(max=cfg.snr_gamma) / snr[t]
+            loss = ((pred - noise).pow(2).flatten(1).mean(1) * weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -242,9 +260,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write the trained testbed to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the mechanics")
+    parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 5e-4)")
+    parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")
+    parser.add_argument("--decay-matrices-only", action="store_true",
+                        help="no weight decay on embeddings, norms and biases")
     args = parser.parse_args(argv)
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed = args.seed
+    if args.unet_lr is not None:
+        cfg.unet_lr = args.unet_lr
+    cfg.snr_gamma = args.snr_gamma
+    cfg.decay_matrices_only = args.decay_matrices_only
     out = train(args.out, cfg)
     print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
 
