@@ -33,3 +33,13 @@ def test_quick_training_reproduces_and_loads(tmp_path, monkeypatch, capsys):
     c.seed = 1
     train(tmp_path / "c", c)
     assert _digest(tmp_path / "c") != a
+
+
+@pytest.mark.slow
+def test_zero_terminal_snr_option_trains_v_prediction(tmp_path):
+    cfg = TrainConfig.quick()
+    cfg.zero_terminal_snr = True
+    train(tmp_path, cfg)
+    sched = json.loads((tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
+    assert sched["timestep_spacing"] == "trailing"

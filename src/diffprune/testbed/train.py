@@ -52,6 +52,8 @@ class TrainConfig:
     snr_gamma: float | None = None
     # exclude embeddings, norms and biases from weight decay (False: decay everything, as the committed run did)
     decay_matrices_only: bool = False
+    # zero terminal SNR + v-prediction: the last timestep is pure noise, so no layout leaks from the noise
+    zero_terminal_snr: bool = False
 
     @classmethod
     def quick(cls) -> "TrainConfig":
@@ -148,9 +150,11 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
+    zero_snr = cfg.zero_terminal_snr
     noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False,
-                                steps_offset=1)
+                                num_train_timesteps=1000, clip_sample=False, steps_offset=1,
+                                prediction_type="v_prediction" if zero_snr else "epsilon",
+                                **({"rescale_betas_zero_snr": True} if zero_snr else {}))
     tok = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
                                   truncation=True, return_tensors="pt").input_ids
     ids, empty = tok(captions), tok([""])[0]
@@ -175,11 +179,12 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         batch_ids[dropped] = empty
         hidden = text_encoder(batch_ids)[0]
         pred = unet(noise_sched.add_noise(z, noise, t), t, hidden).sample
+        target = noise_sched.get_velocity(z, noise, t) if zero_snr else noise
         if cfg.snr_gamma is None:
-            loss = (pred - noise).pow(2).mean()
-        else:  # epsilon target: each sample weighted min(SNR, gamma) / SNR
-            weight = snr[t].clamp(max=cfg.snr_gamma) / snr[t]
-            loss = ((pred - noise).pow(2).flatten(1).mean(1) * weight).mean()
+            loss = (pred - target).pow(2).mean()
+        else:  # Min-SNR-gamma: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v
+            weight = snr[t].clamp(max=cfg.snr_gamma) / (snr[t] + 1 if zero_snr else snr[t])
+            loss = ((pred - target).pow(2).flatten(1).mean(1) * weight).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -264,6 +269,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")
     parser.add_argument("--decay-matrices-only", action="store_true",
                         help="no weight decay on embeddings, norms and biases")
+    parser.add_argument("--zero-terminal-snr", action="store_true",
+                        help="rescale the noise schedule to zero terminal SNR and train v-prediction")
     args = parser.parse_args(argv)
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed = args.seed
@@ -271,6 +278,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.unet_lr = args.unet_lr
     cfg.snr_gamma = args.snr_gamma
     cfg.decay_matrices_only = args.decay_matrices_only
+    cfg.zero_terminal_snr = args.zero_terminal_snr
     out = train(args.out, cfg)
     print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
 
