@@ -110,8 +110,7 @@ def check_inputs(config: EvalConfig) -> None:
         raise DiffpruneError(f"unknown suite '{config.suite}' (choose from {', '.join(SUITES)})")
     if config.suite == "shapes" and config.prompts_file:
         raise DiffpruneError("the shapes suite uses its own held-out prompts; --prompts-file is for other suites")
-    prompts = (file_prompts(config.prompts_file, config.prompts, config.seed) if config.prompts_file
-               else shapes_prompts(config.prompts, config.seed, config.split))
+    prompts = _prompts(config)
     if config.suite in ("shapes", "fid") and len(prompts) < 2:
         raise DiffpruneError(f"the {config.suite} suite fits a Gaussian to the images: it needs at least 2 prompts")
     if config.suite == "clip" or (config.suite == "fidelity" and config.clip_model):

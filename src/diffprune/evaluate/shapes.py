@@ -14,7 +14,7 @@ import torch
 
 from ..errors import DiffpruneError
 from ..testbed.data import render_images, to_float
-from ..testbed.evaluator import FEATURE_DIM, Detection, load_evaluator, score_scene
+from ..testbed.evaluator import FEATURE_DIM, load_evaluator, score_scene
 from .frechet import frechet_distance
 from .generate import generate, image_size
 from .prompts import EvalPrompt, shapes_prompts
@@ -50,9 +50,7 @@ def _mean(values: list[float]) -> float | None:
 
 def score_images(images: torch.Tensor, prompts: list[EvalPrompt], evaluator, batch_size: int = 256):
     """Per-prompt attribute scores and the evaluator's readings of ``images``."""
-    readings: list[list[Detection]] = []
-    for i in range(0, len(images), batch_size):
-        readings += evaluator.read(images[i:i + batch_size])
+    readings = evaluator.read(images, batch_size=batch_size)
     scores = [score_scene(p.scene, found) for p, found in zip(prompts, readings)]
     return scores, readings
 

@@ -60,9 +60,13 @@ class ShapesEvaluator(nn.Module):
         logits["present"] = logits["present"].squeeze(-1)
         return logits
 
+    def read(self, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 256) -> list[list[Detection]]:
+        """Objects found in each image, most confident first (in batches of ``batch_size``)."""
+        return [found for i in range(0, len(images), batch_size)
+                for found in self._read_batch(images[i:i + batch_size], threshold)]
+
     @torch.no_grad()
-    def read(self, images: torch.Tensor, threshold: float = 0.5) -> list[list[Detection]]:
-        """Objects found in each image, most confident first."""
+    def _read_batch(self, images: torch.Tensor, threshold: float) -> list[list[Detection]]:
         logits = self(images)
         conf = logits["present"].sigmoid()
         color, shape, size = (logits[k].argmax(-1) for k in ("color", "shape", "size"))
