@@ -42,18 +42,23 @@ class TrainConfig:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 3_600
+    unet_steps: int = 4_000
     unet_batch: int = 32
-    unet_lr: float = 5e-4
+    unet_lr: float = 1e-3
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     ema_power: float = 2 / 3
     # Min-SNR-gamma loss weighting (None: plain MSE); it shifts weight to the noisy steps where layout is decided
     snr_gamma: float | None = None
-    # exclude embeddings, norms and biases from weight decay (False: decay everything, as the committed run did)
-    decay_matrices_only: bool = False
-    # zero terminal SNR + v-prediction: the last timestep is pure noise, so no layout leaks from the noise
-    zero_terminal_snr: bool = False
+    # exclude embeddings, norms and biases from weight decay (False: decay everything)
+    decay_matrices_only: bool = True
+    # zero terminal SNR + v-prediction: the last timestep is pure noise, so no layout leaks from the noise, and
+    # the loss still weighs the layout at high noise (an epsilon loss weighs it by SNR, close to zero there)
+    zero_terminal_snr: bool = True
+    # share of each batch whose timesteps are drawn from [high_noise_from, 1000) instead of [0, 1000): position,
+    # colour and shape of flat objects are decided at high noise, where uniform sampling spends few samples
+    high_noise_share: float = 0.5
+    high_noise_from: int = 600
 
     @classmethod
     def quick(cls) -> "TrainConfig":
@@ -174,6 +179,9 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
         noise = torch.randn(z.shape, generator=gen)
         t = torch.randint(0, 1000, (len(idx),), generator=gen)
+        if cfg.high_noise_share > 0:
+            high = torch.rand(len(idx), generator=gen) < cfg.high_noise_share
+            t = torch.where(high, torch.randint(cfg.high_noise_from, 1000, (len(idx),), generator=gen), t)
         batch_ids = ids[idx].clone()
         dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
         batch_ids[dropped] = empty
@@ -265,20 +273,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write the trained testbed to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the mechanics")
-    parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 5e-4)")
+    parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 1e-3)")
+    parser.add_argument("--unet-steps", type=int, help="text encoder + U-Net steps (default 4000)")
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")
-    parser.add_argument("--decay-matrices-only", action="store_true",
-                        help="no weight decay on embeddings, norms and biases")
-    parser.add_argument("--zero-terminal-snr", action="store_true",
-                        help="rescale the noise schedule to zero terminal SNR and train v-prediction")
+    parser.add_argument("--decay-matrices-only", action=argparse.BooleanOptionalAction, default=None,
+                        help="no weight decay on embeddings, norms and biases (default: on)")
+    parser.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=None,
+                        help="zero-terminal-SNR noise schedule with v-prediction; off: epsilon on SD's schedule "
+                             "(default: on)")
+    parser.add_argument("--high-noise-share", type=float,
+                        help="share of timesteps drawn from the high-noise range (default 0.5; 0: uniform)")
     args = parser.parse_args(argv)
+    if args.high_noise_share is not None and not 0 <= args.high_noise_share <= 1:
+        parser.error("--high-noise-share must be in [0, 1]")
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed = args.seed
-    if args.unet_lr is not None:
-        cfg.unet_lr = args.unet_lr
-    cfg.snr_gamma = args.snr_gamma
-    cfg.decay_matrices_only = args.decay_matrices_only
-    cfg.zero_terminal_snr = args.zero_terminal_snr
+    for name in ("unet_lr", "unet_steps", "snr_gamma", "decay_matrices_only", "zero_terminal_snr",
+                 "high_noise_share"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     out = train(args.out, cfg)
     print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
 
