@@ -135,15 +135,24 @@ def _load_pipeline_folder(folder: Path, dtype):
             raise DiffpruneError(f"{folder / MANIFEST} has no valid format_version; the folder is damaged")
         if version > FORMAT_VERSION:
             raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
+    from diffprune.weights.storage import is_sparse_folder, load_component
+
+    sparse = {name: load_component(folder / name, dtype) for name in _listed_components(index)
+              if is_sparse_folder(folder / name)}
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **_dtype_kwargs(dtype))
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **sparse, **_dtype_kwargs(dtype))
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
         raise DiffpruneError(f"cannot load the pipeline in {folder}: {_first_line(e)}") from None
     for name, module in model_components(pipe).items():
-        _check_complete(module, folder / name)
+        if name not in sparse:  # sparse components were loaded strictly already
+            _check_complete(module, folder / name)
     if manifest_path.exists():
         pipe._diffprune = {"source": str(folder), "history": _read_json(manifest_path).get("history", [])}
     return pipe
+
+
+def _listed_components(index: dict) -> list[str]:
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
 
 
 def _check_complete(module, folder: Path) -> None:
@@ -304,12 +313,20 @@ def input_folder(pipe) -> str | None:
     return None
 
 
-def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str | None = None) -> Path:
+def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str | None = None,
+         weights_format: str = "dense") -> Path:
     """Save ``pipe`` as a diffusers folder (safetensors) plus a ``diffprune.json`` manifest; return the path.
 
-    The folder loads with stock ``DiffusionPipeline.from_pretrained`` and with :func:`load`. It is built in
-    a hidden sibling and renamed into place, so a failure leaves nothing behind.
+    ``weights_format="dense"`` writes a folder that loads with stock ``DiffusionPipeline.from_pretrained``;
+    ``"bitmask"`` stores the text encoders and U-Net in diffprune's sparse format (see
+    :mod:`diffprune.weights.storage`; files shrink with sparsity) and loads with :func:`load`. The folder is
+    built in a hidden sibling and renamed into place, so a failure leaves nothing behind.
     """
+    from diffprune.weights.storage import save_component
+    from diffprune.weights.targets import PRUNABLE_COMPONENTS
+
+    if weights_format not in ("dense", "bitmask"):
+        raise DiffpruneError(f"unknown weights format '{weights_format}' (choose dense or bitmask)")
     from diffprune import __version__
 
     family = detect_family(pipe)
@@ -320,8 +337,26 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     if note:
         history.append({"step": "save", "note": note})
     manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
-                "family": family.value, "source": info.get("source"), "history": history}
+                "family": family.value, "source": info.get("source"), "history": history,
+                "weights_format": weights_format}
     with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)], marker="model_index.json") as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        if weights_format == "bitmask":
+            patterns = _nm_patterns(history)
+            for name in PRUNABLE_COMPONENTS:
+                module = getattr(pipe, name, None)
+                if module is not None:
+                    save_component(module, staging / name, patterns.get(name))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir).expanduser().resolve()
+
+
+def _nm_patterns(history: list[dict]) -> dict[str, tuple[int, int]]:
+    """The N:M pattern each component was last pruned with (so storage can use the N:M layout)."""
+    out = {}
+    for step in history:
+        pattern = str(step.get("pattern", ""))
+        if step.get("step") == "prune-weights" and ":" in pattern:
+            n, m = pattern.split(":")
+            out[step["component"]] = (int(n), int(m))
+    return out

@@ -1,0 +1,178 @@
+"""Calibration: input statistics of the layers to prune, gathered by running the real pipeline.
+
+Wanda needs the squared norm of every input column, SparseGPT the Gram matrix ``X^T X`` (its Hessian). Text
+encoders are calibrated on the prompts' token embeddings; U-Nets across the whole sampling trajectory with
+classifier-free guidance, each denoising step weighted (timestep-aware): by default the noisy early steps count
+more (weights falling logarithmically from ``weight_max`` to ``weight_min``). Hooks collect statistics for one
+group of layers at a time, so memory stays bounded by the largest group, not the model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffprune.errors import DiffpruneError
+from diffprune.weights.targets import Target
+
+
+@dataclass
+class CalibrationConfig:
+    prompts: list[str] | None = None   # None: the shapes testbed's training prompts
+    num_prompts: int = 32
+    steps: int = 10                    # denoising steps per U-Net calibration run
+    guidance_scale: float = 5.0
+    batch_size: int = 8
+    seed: int = 0
+    timestep_weighting: str = "log_decrease"  # or "uniform"
+    weight_min: float = 0.8
+    weight_max: float = 1.2
+    groups: int = 4                    # U-Net layers are calibrated and pruned in this many packs of blocks
+    progress: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.timestep_weighting not in ("log_decrease", "uniform"):
+            raise DiffpruneError(f"timestep_weighting must be 'log_decrease' or 'uniform', "
+                                 f"got '{self.timestep_weighting}'")
+        if min(self.num_prompts, self.steps, self.batch_size, self.groups) < 1:
+            raise DiffpruneError("calibration needs at least one prompt, step, batch item and group")
+        if not 0 < self.weight_min <= self.weight_max:
+            raise DiffpruneError("calibration step weights need 0 < weight_min <= weight_max")
+
+    def prompt_list(self) -> list[str]:
+        if self.prompts is not None:
+            if not self.prompts:
+                raise DiffpruneError("the calibration prompt list is empty")
+            return list(self.prompts)[: self.num_prompts]
+        from diffprune.evaluate.prompts import shapes_prompts
+
+        return [p.caption for p in shapes_prompts(self.num_prompts, seed=self.seed + 7, split="train")]
+
+    def step_weights(self) -> list[float]:
+        """One weight per denoising step, first (noisiest) step first."""
+        t = self.steps
+        if self.timestep_weighting == "uniform" or t == 1:
+            return [1.0] * t
+        span = self.weight_max - self.weight_min
+        return [self.weight_max - span * math.log1p(k) / math.log(t) for k in range(t)]
+
+
+def read_prompt_file(path: str | Path) -> list[str]:
+    """One prompt per non-empty line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DiffpruneError(f"cannot read calibration prompts from {path}: {e}") from None
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise DiffpruneError(f"{path} holds no prompts")
+    return prompts
+
+
+class LayerStats:
+    """Weighted running sums over a layer's input rows: column sums of squares and (optionally) ``X^T X``."""
+
+    def __init__(self, target: Target, hessian: bool):
+        self.target = target
+        cols = target.columns
+        self.colsq = torch.zeros(cols, dtype=torch.float64)
+        self.gram = torch.zeros(cols, cols, dtype=torch.float32) if hessian else None
+        self.weight = 0.0  # sum of (step weight x rows)
+        self.scale = 1.0   # set by the driver before each forward
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.target.module
+        if isinstance(m, nn.Conv2d):  # im2col: one row per output position, columns in weight.flatten(1) order
+            x = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride)
+            return x.transpose(1, 2).reshape(-1, x.shape[1])
+        return x.reshape(-1, x.shape[-1])
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor) -> None:
+        rows = self.rows(x.detach()).float()
+        self.colsq += (rows.pow(2).sum(0) * self.scale).double()
+        if self.gram is not None:
+            self.gram.addmm_(rows.T, rows, alpha=self.scale)
+        self.weight += self.scale * rows.shape[0]
+
+    def column_norms(self) -> torch.Tensor:
+        """sqrt of the weighted mean of x_j^2 per input column (Wanda's ||X_j|| up to a constant)."""
+        return (self.colsq / max(self.weight, 1e-12)).sqrt().float()
+
+    def hessian(self) -> torch.Tensor:
+        return self.gram * (2.0 / max(self.weight, 1e-12))
+
+
+class Collector:
+    """Forward hooks that feed a group of targets' inputs into :class:`LayerStats`."""
+
+    def __init__(self, targets: list[Target], hessian: bool):
+        self.stats = {t.name: LayerStats(t, hessian) for t in targets}
+        self._handles = []
+
+    def set_scale(self, scale: float) -> None:
+        for s in self.stats.values():
+            s.scale = scale
+
+    def __enter__(self) -> "Collector":
+        for s in self.stats.values():
+            self._handles.append(s.target.module.register_forward_hook(
+                lambda _m, args, _out, s=s: s.add(args[0])))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+
+def _tokenizer_for(pipe, component: str):
+    tok = getattr(pipe, "tokenizer_2" if component == "text_encoder_2" else "tokenizer", None)
+    if tok is None:
+        raise DiffpruneError(f"calibrating {component} needs the pipeline's tokenizer")
+    return tok
+
+
+@torch.no_grad()
+def run_text_encoder(pipe, component: str, config: CalibrationConfig) -> None:
+    """Encode the calibration prompts (padded to the model's length, as the pipeline does)."""
+    tok = _tokenizer_for(pipe, component)
+    encoder = getattr(pipe, component)
+    device = next(encoder.parameters()).device
+    prompts = config.prompt_list()
+    for i in range(0, len(prompts), config.batch_size):
+        ids = tok(prompts[i:i + config.batch_size], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids.to(device)
+        encoder(ids)
+
+
+@torch.no_grad()
+def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
+    """Run the pipeline on the calibration prompts; each U-Net call's inputs get its step's weight."""
+    weights = config.step_weights()
+    state = {"call": 0}
+
+    def pre_hook(_module, _args):
+        collector.set_scale(weights[min(state["call"], len(weights) - 1)])
+        state["call"] += 1
+
+    handle = pipe.unet.register_forward_pre_hook(pre_hook)
+    prompts = config.prompt_list()
+    was_disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        for i in range(0, len(prompts), config.batch_size):
+            batch = prompts[i:i + config.batch_size]
+            gens = [torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + i + j) for j in range(len(batch))]
+            state["call"] = 0
+            pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                 generator=gens, output_type="latent")
+    finally:
+        handle.remove()
+        pipe.set_progress_bar_config(disable=was_disabled)

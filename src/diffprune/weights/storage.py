@@ -1,0 +1,200 @@
+"""Sparse checkpoints that really shrink: a bitmask plus the packed non-zero values, in safetensors.
+
+Format ``diffprune-bitmask`` version 1, one file ``diffprune_sparse.safetensors`` per component folder, next to
+the component's usual ``config.json``:
+
+- a tensor stored dense keeps its name;
+- a sparse tensor ``W`` becomes ``W.__values__`` (its non-zero entries, row-major, in the original dtype) and
+  ``W.__mask__`` (uint8, one bit per entry of the flattened tensor, least significant bit first);
+- the header's ``__metadata__`` holds ``{"format": "diffprune-bitmask", "version": "1", "sparse": JSON}``
+  where the JSON maps each sparse name to ``{"shape": [...], "layout": "bitmask" | "N:M"}``.
+
+An ``N:M`` tensor stores exactly N values per M weights, so its values form a ``[rows, cols * N / M]``
+matrix (the layout semi-structured kernels expect) and the mask has exactly N bits set per group.
+A tensor is stored sparse only when that is smaller: fp16 costs ``2 * (1 - s) + 1/8`` bytes per weight against
+2 dense. "Non-zero" means any bit set, so ``-0.0`` survives the round trip: loading is bit-exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffprune.errors import DiffpruneError
+
+SPARSE_FILE = "diffprune_sparse.safetensors"
+FORMAT = "diffprune-bitmask"
+VERSION = "1"
+_INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    shifts = torch.arange(8, dtype=torch.uint8)
+    return ((packed[:, None] >> shifts) & 1).reshape(-1)[:numel].bool()
+
+
+def _nonzero_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().view(_INT_VIEW[t.element_size()]) != 0
+
+
+def _nm_mask(nonzero: torch.Tensor, n: int, m: int) -> torch.Tensor | None:
+    """A mask with exactly ``n`` bits per ``m`` consecutive entries of each row covering every non-zero, or None."""
+    rows = nonzero.reshape(nonzero.shape[0], -1)
+    if rows.shape[1] % m:
+        return None
+    groups = rows.reshape(rows.shape[0], -1, m)
+    count = groups.sum(-1, keepdim=True)
+    if bool((count > n).any()):
+        return None
+    # fill groups with fewer than n non-zeros using their first zero positions
+    fill_rank = (~groups).cumsum(-1)
+    extra = (~groups) & (fill_rank <= (n - count))
+    return (groups | extra).reshape(nonzero.shape)
+
+
+def encode(state: dict[str, torch.Tensor], pattern: tuple[int, int] | None = None
+           ) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors: dict[str, torch.Tensor] = {}
+    sparse: dict[str, dict] = {}
+    for name, t in state.items():
+        t = t.detach().cpu().contiguous()
+        dense_bytes = t.numel() * t.element_size()
+        if t.numel() < 64 or t.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+            tensors[name] = t
+            continue
+        mask = _nonzero_bits(t)
+        layout = "bitmask"
+        if pattern is not None and t.dim() >= 2:
+            nm_mask = _nm_mask(mask, *pattern)
+            if nm_mask is not None:
+                mask, layout = nm_mask, f"{pattern[0]}:{pattern[1]}"
+        kept = int(mask.sum())
+        if kept * t.element_size() + (t.numel() + 7) // 8 >= dense_bytes:
+            tensors[name] = t
+            continue
+        values = t.reshape(-1)[mask.reshape(-1)]
+        if layout != "bitmask":
+            values = values.reshape(t.shape[0], -1)
+        tensors[f"{name}.__values__"] = values.contiguous()
+        tensors[f"{name}.__mask__"] = pack_bits(mask)
+        sparse[name] = {"shape": list(t.shape), "layout": layout}
+    return tensors, {"format": FORMAT, "version": VERSION, "sparse": json.dumps(sparse)}
+
+
+def _corrupt(file: Path, why: str) -> DiffpruneError:
+    return DiffpruneError(f"{file} is damaged ({why}); re-save the model")
+
+
+def decode(file: str | Path) -> dict[str, torch.Tensor]:
+    """Read a ``diffprune-bitmask`` file back into a dense state dict (bit-exact)."""
+    from safetensors import safe_open
+
+    file = Path(file)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own types for truncated or garbled files
+        raise _corrupt(file, f"not a readable safetensors file: {str(e).splitlines()[0][:160]}") from None
+    if meta.get("format") != FORMAT:
+        raise _corrupt(file, f"its header does not name the {FORMAT} format")
+    if meta.get("version") != VERSION:
+        raise DiffpruneError(f"{file} uses {FORMAT} version {meta.get('version')}; this diffprune reads version "
+                             f"{VERSION} (upgrade diffprune)")
+    try:
+        sparse = json.loads(meta.get("sparse", ""))
+    except json.JSONDecodeError:
+        raise _corrupt(file, "its sparse-tensor table is not valid JSON") from None
+    state = {k: v for k, v in raw.items() if not k.endswith((".__values__", ".__mask__"))}
+    for name, info in sparse.items():
+        values, packed = raw.get(f"{name}.__values__"), raw.get(f"{name}.__mask__")
+        if values is None or packed is None:
+            raise _corrupt(file, f"'{name}' lacks its values or mask")
+        shape = tuple(info.get("shape", ()))
+        numel = 1
+        for d in shape:
+            numel *= d
+        if packed.numel() != (numel + 7) // 8:
+            raise _corrupt(file, f"the mask of '{name}' has {packed.numel()} bytes, expected {(numel + 7) // 8}")
+        mask = unpack_bits(packed, numel)
+        if int(mask.sum()) != values.numel():
+            raise _corrupt(file, f"'{name}' has {values.numel()} values for {int(mask.sum())} mask bits")
+        dense = torch.zeros(numel, dtype=values.dtype)
+        dense[mask] = values.reshape(-1)
+        state[name] = dense.view(shape)
+    return state
+
+
+def _library_class(folder: Path):
+    import diffusers
+    import transformers
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    name = config.get("_class_name") or (config.get("architectures") or [None])[0]
+    cls = getattr(diffusers, name or "", None) or getattr(transformers, name or "", None)
+    if cls is None:
+        raise DiffpruneError(f"{folder}: cannot tell which model class config.json describes ({name})")
+    return cls
+
+
+def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """Build the component in ``folder`` from its config and fill it from its sparse file (strictly).
+
+    With ``dtype=None`` the dtype follows the libraries' own rule for dense folders, so a sparse and a dense
+    save of one pipeline load alike.
+    """
+    from accelerate import init_empty_weights
+
+    folder = Path(folder)
+    cls = _library_class(folder)
+    state = decode(folder / SPARSE_FILE)
+    if dtype is None and hasattr(cls, "load_config"):
+        dtype = torch.float32  # what diffusers gives a dense folder loaded without a dtype (transformers: as stored)
+    if dtype is not None:  # cast the tensors, not the module: loading then needs no dtype conversion pass
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    with init_empty_weights(include_buffers=False):
+        if hasattr(cls, "load_config"):  # diffusers
+            model = cls.from_config(cls.load_config(folder))
+        else:  # transformers
+            model = cls(cls.config_class.from_pretrained(folder))
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        raise _corrupt(folder / SPARSE_FILE, f"its tensors do not match the model: {lines[-1][:160]}") from None
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise _corrupt(folder / SPARSE_FILE, "some weights are missing")
+    return model.eval().requires_grad_(False)
+
+
+def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, int] | None = None) -> dict:
+    """Replace the dense weight files in ``folder`` (a component saved by ``save_pretrained``) by a sparse file.
+
+    Returns ``{"sparse_tensors": n, "bytes": size}``.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tensors, metadata = encode(module.state_dict(), pattern)
+    for glob in _WEIGHT_FILES:
+        for f in folder.glob(glob):
+            f.unlink()
+    save_file(tensors, str(folder / SPARSE_FILE), metadata=metadata)
+    return {"sparse_tensors": len(json.loads(metadata["sparse"])), "bytes": (folder / SPARSE_FILE).stat().st_size}
+
+
+def is_sparse_folder(folder: str | Path) -> bool:
+    return (Path(folder) / SPARSE_FILE).is_file()
