@@ -18,10 +18,14 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-image SSIM (torchmetrics, Gaussian window) of images in [0, 1]."""
+    """Per-image SSIM (torchmetrics, Gaussian window) of images in [0, 1].
+
+    Computed in float64: on flat images (the testbed's backgrounds) float32 rounding alone moves SSIM by ~1e-5.
+    """
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    return structural_similarity_index_measure(images, reference, data_range=1.0, reduction="none")
+    return structural_similarity_index_measure(images.double(), reference.double(), data_range=1.0,
+                                               reduction="none").float()
 
 
 def feature_cosine(features, images: torch.Tensor, reference: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
