@@ -203,3 +203,11 @@ def test_meta_pipelines_cannot_be_saved(tmp_path):
     with pytest.raises(DiffpruneError, match="meta device"):
         diffprune.save(diffprune.load("random:tiny-sd", device="meta"), tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_build_unet_alone_matches_the_pipeline_unet():
+    from diffprune.archs import build_unet
+
+    a = build_unet("tiny-sd", seed=3).state_dict()
+    b = diffprune.load("random:tiny-sd", seed=3).unet.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

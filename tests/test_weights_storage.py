@@ -69,6 +69,14 @@ def test_round_trip_is_bit_identical_and_files_shrink(tmp_path, pattern):
         assert values.shape[1] * 2 == torch.tensor(table[name]["shape"][1:]).prod()
 
 
+def test_a_sparse_component_folder_loads_alone(tmp_path):
+    pipe = _pruned_fp16()
+    folder = diffprune.save(pipe, tmp_path / "p", weights_format="bitmask")
+    unet = diffprune.load(folder / "unet", dtype="fp16")
+    a, b = pipe.unet.state_dict(), unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_history_is_kept(tmp_path):
     pipe = _pruned_fp16()
     folder = diffprune.save(pipe, tmp_path / "p", weights_format="bitmask")

@@ -82,25 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write a report folder (metrics, image grids, per prompt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
 
-    p = sub.add_parser("prune-weights", help="prune weights of text encoder(s) and U-Net; save a sparse folder")
-    _add_source(p)
-    p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
-    p.add_argument("--method", default="magnitude", metavar="M",
-                   help="magnitude (default), wanda, owl (text encoders), sparsegpt, random")
-    for flag in ("unet", "text-encoder", "text-encoder-2"):
-        p.add_argument(f"--{flag}-sparsity", type=float, metavar="S", help=f"share of {flag} weights to zero")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer",
-                   help="magnitude: one threshold per weight matrix (default) or one per component")
-    p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M such as 2:4, 4:8")
-    p.add_argument("--conv", action="store_true", help="also prune Conv2d layers of the U-Net")
-    p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
-    p.add_argument("--calib-num-prompts", type=_positive_int, default=32, help="calibration prompts used (default 32)")
-    p.add_argument("--calib-steps", type=_positive_int, default=10, help="denoising steps per calibration run")
-    p.add_argument("--seed", type=int, default=0, help="seed of random pruning and calibration noise")
-    p.add_argument("--format", choices=["bitmask", "dense"], default="bitmask",
-                   help="bitmask: sparse files that shrink (default); dense: stock diffusers files with zeros")
-    p.add_argument("--json", metavar="FILE", help="also write what was achieved as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier diffprune output folder")
+    from diffprune.cli_weights import add_weight_commands
+
+    add_weight_commands(sub, _add_source, _positive_int)
 
     p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
@@ -243,65 +227,14 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-def _recipe_from_args(args) -> dict:
-    from diffprune.errors import DiffpruneError
-    from diffprune.weights import make_config
+def _cmd_weights(args) -> int:
+    from diffprune.cli_weights import run_weight_command
 
-    recipe = {}
-    for flag in ("unet", "text_encoder", "text_encoder_2"):
-        value = getattr(args, f"{flag}_sparsity")
-        if value is None:
-            continue
-        if not 0 <= value < 1:
-            raise DiffpruneError(f"--{flag.replace('_', '-')}-sparsity must be in [0, 1), got {value:g}")
-        recipe[flag] = make_config(args.method, value, scope=args.scope, pattern=args.pattern,
-                                   include_conv=args.conv and flag == "unet", seed=args.seed)
-    if not recipe:
-        raise DiffpruneError("give at least one of --unet-sparsity, --text-encoder-sparsity, --text-encoder-2-sparsity")
-    return recipe
+    return run_weight_command(args)
 
 
-def _cmd_prune_weights(args) -> int:
-    from diffprune import save
-    from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
-    from diffprune.io import input_folder
-    from diffprune.measure import disk_usage
-    from diffprune.report import to_jsonable
-    from diffprune.weights import CalibrationConfig, prune, read_prompt_file
-    from diffprune.weights.prune import check_recipe
-
-    inputs = [args.source, args.config, args.calib_prompts]
-    recipe = _recipe_from_args(args)  # every option checked before the (possibly long) load
-    check_output_dir(args.out, overwrite=args.overwrite, protect=inputs, marker="model_index.json")
-    if args.json:
-        check_output_file(args.json, protect=inputs)
-    prompts = read_prompt_file(args.calib_prompts) if args.calib_prompts else None
-    calibration = CalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts, steps=args.calib_steps,
-                                    seed=args.seed, progress=sys.stderr.isatty())
-    calibration.validate()
-    pipe = _load(args)
-    check_recipe(pipe, recipe)  # components present, N:M widths fit: still nothing written
-    result = prune(pipe, recipe, calibration, progress=sys.stderr.isatty())
-    out = save(pipe, args.out, overwrite=args.overwrite, weights_format=args.format)
-    usage = disk_usage(out)
-    print(f"{args.source}: pruned with {args.method} ({args.pattern}), saved to {out} ({args.format})")
-    print(f"  {'component':<16}{'target':>8}{'achieved':>10}{'of component':>14}{'layers':>8}{'on disk':>12}"
-          f"{'dense':>12}")
-    for name, r in result.components.items():
-        dense = r.component_params * next(getattr(pipe, name).parameters()).element_size()
-        print(f"  {name:<16}{r.target_sparsity:>8.1%}{r.sparsity:>10.2%}{r.component_sparsity:>14.2%}"
-              f"{r.layers:>8}{usage.components.get(name, 0) / 2**20:>10.2f}Mi{dense / 2**20:>10.2f}Mi")
-    print(f"  total on disk: {usage.total_bytes / 2**20:.2f} MiB")
-    if args.json:
-        data = {"source": args.source, "method": args.method, "format": args.format, "out": str(out),
-                "components": result.to_json(), "disk_bytes": usage.components}
-        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n",
-                          protect=[*inputs, input_folder(pipe)])
-        print(f"  wrote {args.json}")
-    return 0
-
-
-_COMMANDS = {"info": _cmd_info, "prune-weights": _cmd_prune_weights, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo}
+_COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo,
+             "prune-weights": _cmd_weights, "sweep": _cmd_weights, "search": _cmd_weights}
 
 
 def _quiet_libraries() -> None:

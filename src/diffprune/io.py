@@ -294,7 +294,10 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
         elif (path / "config.json").is_file():
             if component is not None:
                 raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")
-            model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
+            from diffprune.weights.storage import is_sparse_folder, load_component
+
+            model = (load_component(path, dtype) if is_sparse_folder(path)
+                     else _load_component_folder(path, _read_json(path / "config.json"), dtype))
             return model.to(device) if device else model
         else:
             raise DiffpruneError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")

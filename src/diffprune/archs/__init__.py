@@ -40,6 +40,18 @@ def _config(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if not k.startswith("_")}
 
 
+def build_unet(name: str, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """Only the U-Net of ``name``, with the same seeded weights :func:`build_components` gives it (it is built
+    first there), without allocating the text encoders and VAE."""
+    import diffusers
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            unet = diffusers.UNet2DConditionModel.from_config(_config(arch_spec(name)["unet"]))
+    return unet.eval().requires_grad_(False)
+
+
 def _text_encoder(spec: dict, eos_id: int):
     import transformers
 
