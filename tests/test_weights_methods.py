@@ -211,3 +211,15 @@ def test_n_of_m_refuses_a_layer_whose_width_does_not_fit():
     # conv_in has 4 input channels x 3 x 3 = 36 columns: fits 2:4, not 4:8 ... but 36 % 8 != 0
     with pytest.raises(DiffpruneError, match="conv_in has rows of 36 weights, not a multiple of 8"):
         prune(pipe, {"unet": MagnitudeConfig(0.5, pattern="4:8", include_conv=True)})
+
+
+def test_large_tensors_select_the_same_weights_as_kthvalue():
+    g = torch.Generator().manual_seed(4)
+    scores = (torch.randn(1500, 1000, generator=g).abs() * 100).round() / 100  # many ties
+    k = 700_001
+    flat = scores.reshape(-1)
+    threshold = torch.kthvalue(flat, k).values
+    expected = flat < threshold
+    expected[torch.nonzero(flat == threshold).squeeze(1)[: k - int(expected.sum())]] = True
+    mask = lowest(scores, k)
+    assert int(mask.sum()) == k and torch.equal(mask.reshape(-1), expected)

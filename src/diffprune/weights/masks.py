@@ -12,6 +12,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 
+_SELECT_DIRECTLY = 1 << 20  # tensors up to this size use torch.kthvalue
+_SAMPLE = 1 << 18
+
+
 def allocate(sizes: Sequence[int], sparsity: float) -> list[int]:
     """Weights to prune per tensor so that the total is exactly ``round(sparsity * sum(sizes))``.
 
@@ -40,9 +44,12 @@ def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros_like(flat, dtype=torch.bool).view(scores.shape)
     if k >= n:
         return torch.ones_like(flat, dtype=torch.bool).view(scores.shape)
-    threshold = torch.kthvalue(flat, k).values
+    if n > _SELECT_DIRECTLY:  # a bracketed selection is ~3x faster than kthvalue on large tensors
+        threshold, _ = global_threshold([lambda: flat], [n], k, sample=_SAMPLE)
+    else:
+        threshold = torch.kthvalue(flat, k).values
     mask = flat < threshold
-    need = k - int(mask.sum())
+    need = k - int(torch.count_nonzero(mask))
     if need > 0:
         ties = torch.nonzero(flat == threshold).squeeze(1)[:need]
         mask[ties] = True
@@ -97,12 +104,12 @@ def global_threshold(score_fns: Sequence[Callable[[], torch.Tensor]], sizes: Seq
         below, inside = 0, []
         for fn in score_fns:
             s = fn().reshape(-1).float()
-            below += int((s < lo).sum())
+            below += int(torch.count_nonzero(s < lo))
             inside.append(s[(s >= lo) & (s <= hi)])
         window = torch.cat(inside)
         if below < k <= below + window.numel():
             threshold = torch.kthvalue(window, k - below).values
-            under = below + int((window < threshold).sum())
+            under = below + int(torch.count_nonzero(window < threshold))
             return threshold, k - under
         lo, hi = (-math.inf, lo) if k <= below else (hi, math.inf)
     raise AssertionError("global threshold search did not converge")

@@ -177,9 +177,9 @@ def prune(pipe, recipe: dict[str, PruneConfig], calibration: CalibrationConfig |
         result.components[name] = ComponentResult(
             method=config.method, pattern=config.pattern, target_sparsity=config.sparsity, layers=len(targets),
             weights=sum(t.weight.numel() for t in targets),
-            zeros=sum(int((t.weight == 0).sum()) for t in targets),
+            zeros=sum(t.weight.numel() - int(torch.count_nonzero(t.weight)) for t in targets),
             component_params=sum(p.numel() for p in params),
-            component_zeros=sum(int((p == 0).sum()) for p in params),
+            component_zeros=sum(p.numel() - int(torch.count_nonzero(p)) for p in params),
             seconds=round(time.perf_counter() - start, 3))
     if not isinstance(pipe, nn.Module):
         info = dict(getattr(pipe, "_diffprune", None) or {})
