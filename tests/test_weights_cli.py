@@ -54,3 +54,9 @@ def test_input_folder_is_never_modified(tmp_path, tiny_sd_folder, capsys):
     assert torch.equal(diffprune.load(tiny_sd_folder).unet.conv_in.weight, w)
     assert main(["prune-weights", str(tiny_sd_folder), "--out", str(tiny_sd_folder / "inside"),
                  "--unet-sparsity", "0.5"]) == 2
+
+
+def test_a_single_component_folder_is_refused_before_anything_is_written(tmp_path, tiny_sd_folder, capsys):
+    out = tmp_path / "o"
+    assert main(["prune-weights", str(tiny_sd_folder / "unet"), "--out", str(out), "--unet-sparsity", "0.5"]) == 2
+    assert "give the whole pipeline folder" in capsys.readouterr().err and not out.exists()

@@ -223,3 +223,29 @@ def test_large_tensors_select_the_same_weights_as_kthvalue():
     expected[torch.nonzero(flat == threshold).squeeze(1)[: k - int(expected.sum())]] = True
     mask = lowest(scores, k)
     assert int(mask.sum()) == k and torch.equal(mask.reshape(-1), expected)
+
+
+def test_two_four_refuses_a_width_that_is_not_a_multiple_of_four():
+    from diffprune.weights.targets import check_pattern_fits
+
+    layer = Target("proj", nn.Linear(6, 4), "g")
+    with pytest.raises(DiffpruneError, match="unet.proj has rows of 6 weights, not a multiple of 4"):
+        check_pattern_fits([layer], (2, 4), "unet")
+    check_pattern_fits([Target("ok", nn.Linear(8, 4), "g")], (2, 4), "unet")  # fits: no error
+
+
+def test_global_scope_handles_zero_sparsity_and_many_exact_zeros():
+    pipe = diffprune.load("random:tiny-sd")
+    prune(pipe, {"unet": MagnitudeConfig(0.0, scope="global")})  # nothing to prune, no error
+    prune(pipe, {"unet": MagnitudeConfig(0.5, scope="global")})
+    result = prune(pipe, {"unet": MagnitudeConfig(0.5, scope="global")})  # the threshold is exactly 0 now
+    assert result.components["unet"].zeros == round(0.5 * result.components["unet"].weights)
+    result = prune(pipe, {"unet": MagnitudeConfig(0.6, scope="global")})
+    assert result.components["unet"].zeros == round(0.6 * result.components["unet"].weights)
+
+
+def test_owl_counts_stay_exact_when_blocks_hit_the_cap():
+    s = block_sparsities([0.0, 1.0, 2.0, 9.0], OWLConfig(0.97, lam=0.08))
+    counts = block_counts([[1000, 500]] * 4, s, round(0.97 * 6000))
+    assert sum(map(sum, counts)) == round(0.97 * 6000)
+    assert all(c <= n for ks in counts for c, n in zip(ks, (1000, 500)))

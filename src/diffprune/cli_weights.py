@@ -121,9 +121,15 @@ def _recipe(args) -> dict:
 
 
 def _load(args):
+    from torch import nn
+
     from diffprune import load
 
-    return load(args.source, dtype=args.dtype, config=args.config)
+    pipe = load(args.source, dtype=args.dtype, config=args.config)
+    if isinstance(pipe, nn.Module):
+        raise DiffpruneError(f"{args.source} is a single {type(pipe).__name__}; give the whole pipeline folder "
+                             "(the Python API prunes bare modules: diffprune.weights.prune)")
+    return pipe
 
 
 def _prune_weights(args) -> int:

@@ -80,9 +80,9 @@ class LayerStats:
 
     def __init__(self, target: Target, hessian: bool):
         self.target = target
-        cols = target.columns
-        self.colsq = torch.zeros(cols, dtype=torch.float64)
-        self.gram = torch.zeros(cols, cols, dtype=torch.float32) if hessian else None
+        self.with_hessian = hessian
+        self.colsq: torch.Tensor | None = None  # allocated on the device of the first input
+        self.gram: torch.Tensor | None = None
         self.weight = 0.0  # sum of (step weight x rows)
         self.scale = 1.0   # set by the driver before each forward
 
@@ -96,16 +96,27 @@ class LayerStats:
     @torch.no_grad()
     def add(self, x: torch.Tensor) -> None:
         rows = self.rows(x.detach()).float()
+        if self.colsq is None:
+            cols = self.target.columns
+            self.colsq = torch.zeros(cols, dtype=torch.float64, device=rows.device)
+            if self.with_hessian:
+                self.gram = torch.zeros(cols, cols, dtype=torch.float32, device=rows.device)
         self.colsq += (rows.pow(2).sum(0) * self.scale).double()
         if self.gram is not None:
             self.gram.addmm_(rows.T, rows, alpha=self.scale)
         self.weight += self.scale * rows.shape[0]
 
+    def _check(self) -> None:
+        if self.colsq is None:
+            raise DiffpruneError(f"calibration never ran {self.target.name}: the calibration pass does not reach it")
+
     def column_norms(self) -> torch.Tensor:
         """sqrt of the weighted mean of x_j^2 per input column (Wanda's ||X_j|| up to a constant)."""
+        self._check()
         return (self.colsq / max(self.weight, 1e-12)).sqrt().float()
 
     def hessian(self) -> torch.Tensor:
+        self._check()
         return self.gram * (2.0 / max(self.weight, 1e-12))
 
 

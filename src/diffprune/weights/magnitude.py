@@ -10,7 +10,7 @@ from diffprune.weights.targets import Target
 
 
 def _matrix(t: Target) -> torch.Tensor:
-    return t.weight.detach().view(t.weight.shape[0], -1)
+    return t.weight.detach().reshape(t.weight.shape[0], -1)
 
 
 @torch.no_grad()
@@ -25,11 +25,13 @@ def magnitude_prune(targets: list[Target], config: MagnitudeConfig, counts: list
 
 
 def _global(targets: list[Target], k: int) -> None:
+    if k <= 0:
+        return
     fns = [lambda t=t: _matrix(t).abs() for t in targets]
     threshold, ties_left = global_threshold(fns, [t.weight.numel() for t in targets], k)
     for t in targets:
         scores = _matrix(t).abs().float()
-        mask = scores < threshold
+        mask = scores < threshold.to(scores.device)
         if ties_left > 0:
             ties = torch.nonzero((scores == threshold).reshape(-1)).squeeze(1)[:ties_left]
             mask.view(-1)[ties] = True

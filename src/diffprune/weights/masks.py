@@ -65,11 +65,11 @@ def lowest_per_row(scores: torch.Tensor, k: int) -> torch.Tensor:
     rows, cols = scores.shape
     base, extra = divmod(k, rows)
     order = torch.argsort(scores.float(), dim=1, stable=True)
-    mask = torch.zeros((rows, cols), dtype=torch.bool)
+    mask = torch.zeros((rows, cols), dtype=torch.bool, device=scores.device)
     if base:
         mask.scatter_(1, order[:, :base], True)
     if extra:
-        mask[torch.arange(extra), order[:extra, base]] = True
+        mask[torch.arange(extra, device=scores.device), order[:extra, base]] = True
     return mask
 
 
@@ -92,26 +92,34 @@ def global_threshold(score_fns: Sequence[Callable[[], torch.Tensor]], sizes: Seq
     and gathers what lies in it. Returns the threshold and how many of the scores equal to it must be pruned
     (in tensor order) to make exactly ``k``.
     """
+    if k <= 0:
+        raise ValueError("global_threshold needs k >= 1")
     total = sum(sizes)
     stride = max(1, total // sample)
-    probe = torch.cat([fn().reshape(-1).float()[::stride] for fn in score_fns])
+    probe = torch.cat([fn().reshape(-1)[::stride].float().clone() for fn in score_fns])  # keep the sample only
     q = k / total
     lo_k = max(1, math.floor((q - 0.01) * probe.numel()))
     hi_k = min(probe.numel(), math.ceil((q + 0.01) * probe.numel()) + 1)
     lo = torch.kthvalue(probe, lo_k).values.item() if q > 0.01 else -math.inf
     hi = torch.kthvalue(probe, hi_k).values.item() if q < 0.99 else math.inf
+    del probe
     for _ in range(3):
-        below, inside = 0, []
+        below_lt, below_le, inside = 0, 0, []
         for fn in score_fns:
             s = fn().reshape(-1).float()
-            below += int(torch.count_nonzero(s < lo))
-            inside.append(s[(s >= lo) & (s <= hi)])
+            below_lt += int(torch.count_nonzero(s < lo))
+            below_le += int(torch.count_nonzero(s <= lo))
+            inside.append(s[(s > lo) & (s <= hi)])  # values equal to lo are counted, not gathered
+            del s
+        if below_lt < k <= below_le:  # the threshold is lo itself (e.g. many exact zeros)
+            return torch.tensor(lo), k - below_lt
         window = torch.cat(inside)
-        if below < k <= below + window.numel():
-            threshold = torch.kthvalue(window, k - below).values
-            under = below + int(torch.count_nonzero(window < threshold))
+        del inside
+        if below_le < k <= below_le + window.numel():
+            threshold = torch.kthvalue(window, k - below_le).values
+            under = below_le + int(torch.count_nonzero(window < threshold))
             return threshold, k - under
-        lo, hi = (-math.inf, lo) if k <= below else (hi, math.inf)
+        lo, hi = (-math.inf, lo) if k <= below_lt else (hi, math.inf)
     raise AssertionError("global threshold search did not converge")
 
 
@@ -124,5 +132,5 @@ def select(scores: torch.Tensor, k: int, nm: tuple[int, int] | None = None, per_
 
 @torch.no_grad()
 def apply_mask(weight: torch.Tensor, mask: torch.Tensor) -> None:
-    """Zero ``weight`` where ``mask`` (as a ``[rows, cols]`` matrix) is True, in place."""
-    weight.view(weight.shape[0], -1).masked_fill_(mask.view(weight.shape[0], -1), 0)
+    """Zero ``weight`` where ``mask`` (as a ``[rows, cols]`` matrix) is True, in place (any memory layout)."""
+    weight.masked_fill_(mask.to(weight.device).reshape(weight.shape), 0)

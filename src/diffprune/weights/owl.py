@@ -27,8 +27,12 @@ def block_counts(block_sizes: list[list[int]], sparsities: list[float], total: i
     """Weights to prune per layer: each block near its own sparsity, the component total exactly ``total``."""
     raw = [s * n for sizes, s in zip(block_sizes, sparsities) for n in sizes]
     flat_sizes = [n for sizes in block_sizes for n in sizes]
-    scale = total / sum(raw) if sum(raw) else 0.0
-    raw = [min(n, r * scale) for r, n in zip(raw, flat_sizes)]
+    for _ in range(50):  # scale the uncapped layers until the capped ones no longer lose mass
+        free = sum(r for r, n in zip(raw, flat_sizes) if r < n)
+        need = total - sum(n for r, n in zip(raw, flat_sizes) if r >= n)
+        if free <= 0 or abs(need - free) < 0.5:
+            break
+        raw = [min(n, r * need / free) if r < n else n for r, n in zip(raw, flat_sizes)]
     counts = [int(r) for r in raw]
     order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
     left = total - sum(counts)

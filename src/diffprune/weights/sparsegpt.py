@@ -19,7 +19,7 @@ from diffprune.weights.masks import allocate, lowest, n_of_m
 
 def _inverse_factor(h: torch.Tensor, damping: float) -> torch.Tensor:
     """Upper Cholesky factor of (H + damping * mean(diag H) * I)^-1, damping raised if H is too ill-posed."""
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     mean_diag = h.diagonal().mean().clamp_min(1e-8)
     for factor in (1.0, 10.0, 100.0):
         chol, info = torch.linalg.cholesky_ex(h + damping * factor * mean_diag * eye)
@@ -36,9 +36,9 @@ def _inverse_factor(h: torch.Tensor, damping: float) -> torch.Tensor:
 @torch.no_grad()
 def sparsegpt_prune(stats: LayerStats, k: int, config: SparseGPTConfig) -> None:
     weight = stats.target.weight
-    w = weight.detach().view(weight.shape[0], -1).float().clone()
-    rows, cols = w.shape
     h = stats.hessian().clone()
+    w = weight.detach().reshape(weight.shape[0], -1).float().clone().to(h.device)
+    rows, cols = w.shape
     dead = h.diagonal() == 0  # inputs that never fire: their weights cannot matter
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
@@ -71,4 +71,4 @@ def sparsegpt_prune(stats: LayerStats, k: int, config: SparseGPTConfig) -> None:
             err1[:, i] = e
         w[:, i1:i2] = w1
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    weight.copy_(w.view_as(weight).to(weight.dtype))
+    weight.copy_(w.reshape(weight.shape).to(weight.device, weight.dtype))

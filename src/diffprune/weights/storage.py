@@ -118,6 +118,8 @@ def decode(file: str | Path) -> dict[str, torch.Tensor]:
         sparse = json.loads(meta.get("sparse", ""))
     except json.JSONDecodeError:
         raise _corrupt(file, "its sparse-tensor table is not valid JSON") from None
+    if not isinstance(sparse, dict) or not all(isinstance(v, dict) for v in sparse.values()):
+        raise _corrupt(file, "its sparse-tensor table is not a table of tensors")
     state = {k: v for k, v in raw.items() if not k.endswith((".__values__", ".__mask__"))}
     for name, info in sparse.items():
         values, packed = raw.get(f"{name}.__values__"), raw.get(f"{name}.__mask__")
@@ -142,7 +144,12 @@ def _library_class(folder: Path):
     import diffusers
     import transformers
 
-    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffpruneError(f"cannot read {folder / 'config.json'}: {e}") from None
+    if not isinstance(config, dict):
+        raise DiffpruneError(f"{folder / 'config.json'} does not hold a JSON object")
     name = config.get("_class_name") or (config.get("architectures") or [None])[0]
     cls = getattr(diffusers, name or "", None) or getattr(transformers, name or "", None)
     if cls is None:
@@ -165,11 +172,15 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
         dtype = torch.float32  # what diffusers gives a dense folder loaded without a dtype (transformers: as stored)
     if dtype is not None:  # cast the tensors, not the module: loading then needs no dtype conversion pass
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    with init_empty_weights(include_buffers=False):
-        if hasattr(cls, "load_config"):  # diffusers
-            model = cls.from_config(cls.load_config(folder))
-        else:  # transformers
-            model = cls(cls.config_class.from_pretrained(folder))
+    try:
+        with init_empty_weights(include_buffers=False):
+            if hasattr(cls, "load_config"):  # diffusers
+                model = cls.from_config(cls.load_config(folder))
+            else:  # transformers
+                model = cls(cls.config_class.from_pretrained(folder))
+    except Exception as e:  # a user's config: any failure to build from it is reported, not raised
+        raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {str(e).splitlines()[0][:160]}") from None
+    state = _match_prefix(state, set(model.state_dict()))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:
@@ -178,6 +189,19 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
     if any(p.device.type == "meta" for p in model.parameters()):
         raise _corrupt(folder / SPARSE_FILE, "some weights are missing")
     return model.eval().requires_grad_(False)
+
+
+def _match_prefix(state: dict, expected: set[str]) -> dict:
+    """Text-encoder keys with or without the ``text_model.`` level (transformers 5 dropped it in memory), so a
+    file written under one transformers major version loads under the other."""
+    if set(state) == expected:
+        return state
+    prefix = "text_model."
+    stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+    if set(stripped) == expected:
+        return stripped
+    added = {k if k.startswith(prefix) else prefix + k: v for k, v in stripped.items()}
+    return added if set(added) == expected else state
 
 
 def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, int] | None = None) -> dict:

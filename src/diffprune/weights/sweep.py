@@ -40,8 +40,8 @@ class SweepConfig:
             if not 0 <= s < 1:
                 raise DiffpruneError(f"sparsities must be in [0, 1), got {s:g}")
         for m in self.methods:
-            make_config(m, self.sparsities[0] if self.pattern == "unstructured" else 0.5, pattern=self.pattern,
-                        scope=self.scope)
+            for s in self.sparsities:
+                make_config(m, s, pattern=self.pattern, scope=self.scope)
         if not 0 < self.collapse_fraction < 1:
             raise DiffpruneError("collapse_fraction must be in (0, 1)")
 

@@ -11,7 +11,7 @@ from diffprune.weights.masks import apply_mask, select
 
 def wanda_scores(stats: LayerStats) -> torch.Tensor:
     w = stats.target.weight.detach()
-    return w.view(w.shape[0], -1).abs().float() * stats.column_norms()[None, :]
+    return w.reshape(w.shape[0], -1).abs().float() * stats.column_norms().to(w.device)[None, :]
 
 
 @torch.no_grad()
