@@ -16,24 +16,27 @@ _SELECT_DIRECTLY = 1 << 20  # tensors up to this size use torch.kthvalue
 _SAMPLE = 1 << 18
 
 
-def allocate(sizes: Sequence[int], sparsity: float) -> list[int]:
-    """Weights to prune per tensor so that the total is exactly ``round(sparsity * sum(sizes))``.
+def round_to_total(raw: Sequence[float], caps: Sequence[int], total: int) -> list[int]:
+    """Whole numbers near ``raw`` (each at most its cap) that add up to exactly ``total``.
 
-    Each tensor gets ``floor(sparsity * size)``; the remainder goes to the largest fractional parts (largest
-    remainder method), earlier tensors first on ties.
+    Each value is rounded down; the remainder goes to the largest fractional parts (largest remainder method),
+    earlier entries first on ties.
     """
-    total = round(sparsity * sum(sizes))
-    raw = [sparsity * n for n in sizes]
-    counts = [min(n, math.floor(r)) for r, n in zip(raw, sizes)]
+    counts = [min(cap, math.floor(r)) for r, cap in zip(raw, caps)]
     left = total - sum(counts)
-    order = sorted(range(len(sizes)), key=lambda i: (-(raw[i] - counts[i]), i))
+    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
     for i in order:
         if left <= 0:
             break
-        if counts[i] < sizes[i]:
+        if counts[i] < caps[i]:
             counts[i] += 1
             left -= 1
     return counts
+
+
+def allocate(sizes: Sequence[int], sparsity: float) -> list[int]:
+    """Weights to prune per tensor so that the total is exactly ``round(sparsity * sum(sizes))``."""
+    return round_to_total([sparsity * n for n in sizes], sizes, round(sparsity * sum(sizes)))
 
 
 def lowest(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 
 from diffprune.weights.calibrate import LayerStats
 from diffprune.weights.config import OWLConfig
+from diffprune.weights.masks import round_to_total
 from diffprune.weights.wanda import wanda_scores
 
 
@@ -33,15 +34,7 @@ def block_counts(block_sizes: list[list[int]], sparsities: list[float], total: i
         if free <= 0 or abs(need - free) < 0.5:
             break
         raw = [min(n, r * need / free) if r < n else n for r, n in zip(raw, flat_sizes)]
-    counts = [int(r) for r in raw]
-    order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
-    left = total - sum(counts)
-    for i in order:
-        if left <= 0:
-            break
-        if counts[i] < flat_sizes[i]:
-            counts[i] += 1
-            left -= 1
+    counts = round_to_total(raw, flat_sizes, total)
     out, pos = [], 0
     for sizes in block_sizes:
         out.append(counts[pos:pos + len(sizes)])
