@@ -31,6 +31,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Sampler settings and the local metric weights, shared by ``eval``, ``sweep`` and ``search``."""
+    p.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+    p.add_argument("--batch-size", type=_positive_int, default=25, help="images per pipeline call (default 25)")
+    p.add_argument("--clip-model", metavar="DIR", help="clip: local transformers CLIP folder")
+    p.add_argument("--pickscore-model", metavar="DIR", help="pickscore: local PickScore (CLIP) folder")
+    p.add_argument("--pickscore-processor", metavar="DIR", help="pickscore: processor folder if not with the model")
+    p.add_argument("--inception-weights", metavar="FILE", help="fid: local FID Inception weights (.pth)")
+    p.add_argument("--reference-images", metavar="DIR", help="fid: folder of real images")
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE",
                    help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
@@ -68,15 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["heldout", "train"], default="heldout",
                    help="shapes prompts: held-out combinations (default) or the training split")
     p.add_argument("--seed", type=int, default=0, help="shifts every prompt's seed (default 0)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
-    p.add_argument("--batch-size", type=_positive_int, default=25, help="images per pipeline call (default 25)")
+    add_generation_options(p)
     p.add_argument("--reference", metavar="SOURCE", help="fidelity: the uncompressed pipeline (default: shapes)")
-    p.add_argument("--clip-model", metavar="DIR", help="clip: local transformers CLIP folder")
-    p.add_argument("--pickscore-model", metavar="DIR", help="pickscore: local PickScore (CLIP) folder")
-    p.add_argument("--pickscore-processor", metavar="DIR", help="pickscore: processor folder if not with the model")
-    p.add_argument("--inception-weights", metavar="FILE", help="fid: local FID Inception weights (.pth)")
-    p.add_argument("--reference-images", metavar="DIR", help="fid: folder of real images")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--report", metavar="DIR", help="write a report folder (metrics, image grids, per prompt)")
@@ -84,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from diffprune.cli_weights import add_weight_commands
 
-    add_weight_commands(sub, _add_source, _positive_int)
+    add_weight_commands(sub, _add_source, _positive_int, add_generation_options)
 
     p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")

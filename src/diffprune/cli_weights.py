@@ -37,24 +37,18 @@ def _add_pruning_options(p, positive_int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning and calibration noise")
 
 
-def _add_suite_options(p, positive_int) -> None:
+def _add_suite_options(p, positive_int, add_generation_options) -> None:
     p.add_argument("--metric", default="accuracy_all", help="metric to follow (default accuracy_all; fd: lower is "
                                                             "better)")
     p.add_argument("--suite", default="shapes", choices=["shapes", "clip", "pickscore", "fid"])
     p.add_argument("--prompts", type=positive_int, metavar="N", help="evaluate the first N prompts")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (clip, pickscore, fid)")
-    p.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
-    p.add_argument("--batch-size", type=positive_int, default=25, help="images per pipeline call (default 25)")
-    p.add_argument("--clip-model", metavar="DIR", help="clip: local transformers CLIP folder")
-    p.add_argument("--pickscore-model", metavar="DIR", help="pickscore: local PickScore folder")
-    p.add_argument("--inception-weights", metavar="FILE", help="fid: local FID Inception weights")
-    p.add_argument("--reference-images", metavar="DIR", help="fid: folder of real images")
+    add_generation_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (report.md, report.json, PNG)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report folder")
 
 
-def add_weight_commands(sub, add_source, positive_int) -> None:
+def add_weight_commands(sub, add_source, positive_int, add_generation_options) -> None:
     p = sub.add_parser("prune-weights", help="prune weights of text encoder(s) and U-Net; save a sparse folder")
     add_source(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
@@ -79,7 +73,7 @@ def add_weight_commands(sub, add_source, positive_int) -> None:
     p.add_argument("--collapse-fraction", type=float, default=0.5,
                    help="collapse: quality below this share of dense (default 0.5)")
     _add_pruning_options(p, positive_int)
-    _add_suite_options(p, positive_int)
+    _add_suite_options(p, positive_int, add_generation_options)
 
     p = sub.add_parser("search", help="highest per-component sparsities within a quality budget")
     add_source(p)
@@ -90,7 +84,7 @@ def add_weight_commands(sub, add_source, positive_int) -> None:
     p.add_argument("--step", type=float, default=0.025, help="sparsity grid step (default 0.025)")
     p.add_argument("--max-sparsity", type=float, default=0.9, help="largest sparsity tried (default 0.9)")
     _add_pruning_options(p, positive_int)
-    _add_suite_options(p, positive_int)
+    _add_suite_options(p, positive_int, add_generation_options)
 
 
 def _calibration(args):
@@ -98,7 +92,7 @@ def _calibration(args):
 
     prompts = read_prompt_file(args.calib_prompts) if args.calib_prompts else None
     config = CalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts, steps=args.calib_steps,
-                               seed=args.seed, progress=sys.stderr.isatty())
+                               seed=args.seed)
     config.validate()
     return config
 
@@ -175,24 +169,29 @@ def _scorer(args):
     config = EvalConfig(suite=args.suite, prompts=args.prompts, prompts_file=args.prompts_file,
                         steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
                         clip_model=args.clip_model, pickscore_model=args.pickscore_model,
-                        inception_weights=args.inception_weights, reference_images=args.reference_images,
+                        pickscore_processor=args.pickscore_processor, inception_weights=args.inception_weights, reference_images=args.reference_images,
                         progress=False)
     check_inputs(config)
     return lambda pipe: {k: v for k, v in evaluate(pipe, config).metrics.items() if isinstance(v, (int, float))}
 
 
-def _sweep(args) -> int:
+def _prepared(args, config, title: str):
+    """Everything checked (config, report folder, suite inputs, calibration) before the model is loaded."""
     from diffprune.report import Report
+
+    config.validate()
+    report = Report(args.out, title=f"{title}: {args.source}", overwrite=args.overwrite,
+                    protect=[args.source, args.config, args.calib_prompts])
+    return report, _scorer(args), _calibration(args), _load(args)
+
+
+def _sweep(args) -> int:
     from diffprune.weights.sweep import SweepConfig, fmt_table, plot_sweep, run_sweep
 
     config = SweepConfig(methods=args.methods, components=args.components, sparsities=args.sparsities,
                          metric=args.metric, pattern=args.pattern, include_conv=args.conv, scope=args.scope,
                          seed=args.seed, collapse_fraction=args.collapse_fraction)
-    config.validate()
-    report = Report(args.out, title=f"diffprune sweep: {args.source}", overwrite=args.overwrite,
-                    protect=[args.source, args.config, args.calib_prompts])
-    score, calibration = _scorer(args), _calibration(args)
-    pipe = _load(args)
+    report, score, calibration, pipe = _prepared(args, config, "diffprune sweep")
     result = run_sweep(pipe, config, score, calibration, progress=sys.stderr.isatty())
     fraction = config.collapse_fraction
     report.text(f"Suite `{args.suite}`, metric `{args.metric}`; dense: {result.dense[args.metric]:.4g}. "
@@ -213,17 +212,12 @@ def _sweep(args) -> int:
 
 
 def _search(args) -> int:
-    from diffprune.report import Report
     from diffprune.weights.search import SearchConfig, search
 
     config = SearchConfig(method=args.method, components=args.components, budget=args.budget, metric=args.metric,
                           step=args.step, max_sparsity=args.max_sparsity, pattern=args.pattern,
                           include_conv=args.conv, scope=args.scope, seed=args.seed)
-    config.validate()
-    report = Report(args.out, title=f"diffprune search: {args.source}", overwrite=args.overwrite,
-                    protect=[args.source, args.config, args.calib_prompts])
-    score, calibration = _scorer(args), _calibration(args)
-    pipe = _load(args)
+    report, score, calibration, pipe = _prepared(args, config, "diffprune search")
     result = search(pipe, config, score, calibration, progress=sys.stderr.isatty())
     best = ", ".join(f"{c} {s:.1%}" for c, s in result.best.items())
     report.text(f"Method `{args.method}`, budget {args.budget:g} of `{args.metric}` "

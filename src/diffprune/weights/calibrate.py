@@ -10,7 +10,7 @@ group of layers at a time, so memory stays bounded by the largest group, not the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,8 +33,6 @@ class CalibrationConfig:
     weight_min: float = 0.8
     weight_max: float = 1.2
     groups: int = 4                    # U-Net layers are calibrated and pruned in this many packs of blocks
-    progress: bool = False
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.timestep_weighting not in ("log_decrease", "uniform"):
