@@ -43,6 +43,21 @@ def add_generation_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-images", metavar="DIR", help="fid: folder of real images")
 
 
+def _add_tokens(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tokens", metavar="SPEC",
+                   help="prune tokens at run time, e.g. atedm:ratio=0.63,dsap=on | tome:ratio=0.5 | random:ratio=0.63 "
+                        "(see docs/tokens.md)")
+
+
+def _token_config(args):
+    """The parsed --tokens spec (checked before any loading), or None."""
+    if not getattr(args, "tokens", None):
+        return None
+    from diffprune.tokens import parse_spec
+
+    return parse_spec(args.tokens)
+
+
 def _add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="SOURCE",
                    help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
@@ -70,7 +85,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time N U-Net calls (median; needs real weights, slow for big models)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda[:i] or meta (random:<arch> defaults to meta: no memory, no non-zero counts)")
+    _add_tokens(p)
+    p.add_argument("--steps", type=_positive_int, metavar="N",
+                   help="report U-Net FLOPs as the mean over an N-step schedule (default with --tokens: 20)")
     p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
+
+    p = sub.add_parser("generate", help="generate images from prompts (optionally with run-time token pruning)")
+    _add_source(p)
+    p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several images)")
+    p.add_argument("--out", required=True, metavar="FILE.png",
+                   help="image to write (several prompts: one grid, a row per prompt)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing image")
+    p.add_argument("--steps", type=_positive_int, default=20, help="denoising steps (default 20)")
+    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i")
+    p.add_argument("--resolution", type=_positive_int, help="image side in pixels (default: the model's own)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
+    _add_tokens(p)
 
     p = sub.add_parser("eval", help="evaluate a pipeline: shapes (exact), fidelity, clip, pickscore, fid")
     _add_source(p)
@@ -83,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_options(p)
     p.add_argument("--reference", metavar="SOURCE", help="fidelity: the uncompressed pipeline (default: shapes)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cpu)")
+    _add_tokens(p)
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--report", metavar="DIR", help="write a report folder (metrics, image grids, per prompt)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -150,16 +182,23 @@ def _cmd_measure(args) -> int:
 
     if args.json:  # validated before the (possibly long) load, so a bad path costs nothing
         check_output_file(args.json, protect=[args.source, args.config])
+    token_config = _token_config(args)
     device = args.device
     if device is None and args.source.startswith("random:") and not args.latency:
         device = "meta"
     pipe = _load(args, device=device)
+    if token_config is not None:
+        from diffprune import tokens
+
+        tokens.apply(pipe, token_config)
     m = measure_pipeline(pipe, resolution=args.resolution, batch=args.batch, latency_repeats=args.latency or 0,
-                         source=args.source)
-    print(f"{args.source}: {m.family} at {m.resolution}x{m.resolution}, batch {m.batch}")
+                         source=args.source, steps=args.steps)
+    print(f"{args.source}: {m.family} at {m.resolution}x{m.resolution}, batch {m.batch}"
+          + (f", tokens {m.tokens}" if m.tokens else ""))
     _print_params(m.params)
     print("  FLOPs per call (attention included):")
-    print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f})")
+    per = f", mean over {m.steps} steps" if m.steps else ""
+    print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f}{per})")
     for name, f in m.text_encoder_flops.items():
         print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")
     if m.vae_decode_flops is not None:
@@ -171,6 +210,46 @@ def _cmd_measure(args) -> int:
         atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
                           protect=[args.source, args.config, input_folder(pipe)])
         print(f"  wrote {args.json}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    import time
+
+    import torch
+
+    from diffprune._fs import atomic_write_bytes, check_output_file
+    from diffprune.errors import DiffpruneError
+    from diffprune.evaluate.generate import image_size, to_pil
+    from diffprune.io import input_folder
+    from diffprune.report import image_grid_png
+
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() != ".png":
+        raise DiffpruneError(f"--out must name a .png file, got {args.out}")
+    if out.exists() and not args.overwrite:
+        raise DiffpruneError(f"{out} exists (pass --overwrite to replace it)")
+    check_output_file(out, protect=[args.source, args.config])
+    token_config = _token_config(args)
+    pipe = _load(args, device=args.device)
+    if not hasattr(pipe, "scheduler"):
+        raise DiffpruneError(f"{args.source} is not a pipeline; generate needs one")
+    if token_config is not None:
+        from diffprune import tokens
+
+        tokens.apply(pipe, token_config)
+    side = args.resolution or image_size(pipe)
+    pipe.set_progress_bar_config(disable=not sys.stderr.isatty())
+    generators = [torch.Generator(device=pipe.device).manual_seed(args.seed + i) for i in range(len(args.prompt))]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        images = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                      height=side, width=side, generator=generators, output_type="pt").images
+    seconds = time.perf_counter() - start
+    png = image_grid_png(to_pil(images), columns=len(args.prompt) if len(args.prompt) <= 8 else 8)
+    atomic_write_bytes(out, png, protect=[args.source, args.config, input_folder(pipe)])
+    print(f"{args.source}: {len(args.prompt)} image(s) at {side}x{side}, {args.steps} steps, {seconds:.1f} s"
+          + (f", tokens {token_config.spec()}" if token_config else "") + f"; wrote {out}")
     return 0
 
 
@@ -211,8 +290,13 @@ def _cmd_eval(args) -> int:
                         inception_weights=args.inception_weights, reference_images=args.reference_images,
                         progress=sys.stderr.isatty(), split=args.split)
     check_inputs(config)  # before the (possibly long) load
+    token_config = _token_config(args)
     device = process_device(args.device)
     pipe = _load(args, device=device)
+    if token_config is not None:
+        from diffprune import tokens
+
+        tokens.apply(pipe, token_config)
     result = evaluate(pipe, config, dtype=args.dtype, device=device)
     if not is_main_process():  # under a multi-process launcher, one process reports
         return 0
@@ -239,6 +323,7 @@ def _cmd_weights(args) -> int:
 
 
 _COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo,
+             "generate": _cmd_generate,
              "prune-weights": _cmd_weights, "sweep": _cmd_weights, "search": _cmd_weights}
 
 

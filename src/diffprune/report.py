@@ -58,6 +58,25 @@ def fmt(value) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
+def image_grid_png(images: Sequence, columns: int = 8) -> bytes:
+    """PIL images tiled pixel for pixel (row-major, ``columns`` per row) as PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    if not images:
+        raise DiffpruneError("an image grid needs at least one image")
+    columns = max(1, min(columns, len(images)))
+    width, height = images[0].size
+    rows = math.ceil(len(images) / columns)
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    for i, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((i % columns) * width, (i // columns) * height))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return "_(no rows)_"

@@ -26,6 +26,9 @@ class PipelineMeasurement:
     vae_decode_flops: FlopCount | None = None
     unet_latency: LatencyStats | None = None
     source: str | None = None
+    tokens: str | None = None          # token pruning spec applied to the U-Net, if any
+    steps: int | None = None           # unet_flops is the mean over this many sampling steps
+    unet_tflops_per_step: list[float] | None = None
 
     def to_json(self) -> dict:
         """Flat headline keys (``unet_params``, ``unet_tflops``, ...) plus the full detail under ``detail``."""
@@ -36,6 +39,9 @@ class PipelineMeasurement:
             out[f"{name}_nonzero_params"] = comp.nonzero
         out["total_params"] = self.params.total
         out["unet_tflops"] = self.unet_flops.tflops
+        if self.steps is not None:
+            out["tokens"], out["steps"] = self.tokens, self.steps
+            out["unet_tflops_per_step"] = self.unet_tflops_per_step
         out["unet_attention_tflops"] = self.unet_flops.attention / 1e12
         for name, flops in self.text_encoder_flops.items():
             out[f"{name}_tflops"] = flops.tflops
@@ -78,19 +84,36 @@ def unet_call(obj, *, resolution: int, batch: int = 1, seed: int = 0):
 
 
 def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, latency_repeats: int = 0,
-                     latency_warmup: int = 1, source: str | None = None) -> PipelineMeasurement:
+                     latency_warmup: int = 1, source: str | None = None,
+                     steps: int | None = None) -> PipelineMeasurement:
     """Measure a Stable Diffusion pipeline (or a bare ``UNet2DConditionModel``).
 
     FLOPs are per single call of each component at ``resolution`` and ``batch`` (classifier-free guidance
     doubles the U-Net batch; a sampling run makes one U-Net call per step), attention included.
     ``latency_repeats > 0`` also times the U-Net call (needs real weights, not ``meta``).
+    ``steps``: report the U-Net FLOPs as the mean over the calls of a ``steps``-step schedule of the pipeline's
+    scheduler (a run-time token-pruning patch makes steps differ; with one applied, ``steps`` defaults to 20).
     """
     family = detect_family(pipe)
     unet, factor, text_length = _unet_parts(pipe)
     resolution = resolution or default_resolution(pipe)
     call = unet_call(pipe, resolution=resolution, batch=batch) if latency_repeats > 0 else None
-    unet_flops = count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=batch,
-                                                 vae_scale_factor=factor, text_length=text_length))
+    from diffprune import tokens as token_pruning
+
+    config = token_pruning.applied_config(unet)
+    per_step = None
+    if config is not None and steps is None:
+        steps = 20
+    if steps is not None:
+        schedule = token_pruning.schedule_flops(pipe, steps, resolution=resolution, batch=batch,
+                                                vae_scale_factor=factor, text_length=text_length)
+        n = len(schedule.per_step)
+        unet_flops = FlopCount(total=round(sum(f.total for f in schedule.per_step) / n),
+                               attention=round(sum(f.attention for f in schedule.per_step) / n))
+        per_step = [f.tflops for f in schedule.per_step]
+    else:
+        unet_flops = count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=batch,
+                                                     vae_scale_factor=factor, text_length=text_length))
     te_flops, vae_flops = {}, None
     if unet is not pipe:
         for name in ("text_encoder", "text_encoder_2"):
@@ -107,4 +130,5 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
                                   device=str(unet.device))
     return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch, params=count_params(pipe),
                                unet_flops=unet_flops, text_encoder_flops=te_flops, vae_decode_flops=vae_flops,
-                               unet_latency=latency, source=source)
+                               unet_latency=latency, source=source, steps=steps, unet_tflops_per_step=per_step,
+                               tokens=None if config is None else config.spec())

@@ -1,0 +1,84 @@
+"""Wall-clock U-Net speed-up of token pruning against its FLOPs-ideal ratio, on this machine.
+
+    python benchmarks/tokens_speed.py [--arch sd15 --resolution 512] [--arch sdxl --resolution 768]
+        [--tokens atedm:ratio=0.63 ...] [--repeats 3] [--timestep 500] [--batch 1]
+
+For each architecture, builds ``random:<arch>``'s U-Net (fp32, seeded random weights: speed does not depend
+on the values), then for each spec times one U-Net call unpruned and pruned, alternately in one process
+(SDPA stays on for every attention call except the scoring layers'), and counts both calls' FLOPs
+(overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their quotient. ``--timestep``
+picks the call: 500 is in DSAP's late phase (every selected block prunes); 999 in its early phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+
+from diffprune import tokens
+from diffprune.archs import build_unet
+from diffprune.measure import compare_latency, count_flops, describe_hardware, unet_inputs
+
+
+def _row(arch, resolution, spec, base_flops, flops, comparison):
+    ideal = base_flops / flops
+    measured = comparison.speedup
+    return (f"{arch:<6}{resolution:>6}  {spec:<34}{base_flops / 1e12:>9.3f}{flops / 1e12:>9.3f}{ideal:>8.3f}"
+            f"{comparison.baseline.median_s:>9.2f}{comparison.candidate.median_s:>9.2f}{measured:>9.3f}"
+            f"{measured / ideal:>9.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", action="append", help="random:<arch> U-Net (repeatable; default sd15 and sdxl)")
+    parser.add_argument("--resolution", action="append", type=int, help="one per --arch (default 512 / 768)")
+    parser.add_argument("--tokens", action="append", help="spec (repeatable; default atedm:ratio=0.63)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--timestep", type=float, default=500.0)
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args(argv)
+    archs = args.arch or ["sd15", "sdxl"]
+    resolutions = args.resolution or [512, 768][: len(archs)]
+    if len(resolutions) != len(archs):
+        parser.error("give one --resolution per --arch")
+    specs = args.tokens or ["atedm:ratio=0.63"]
+    print(f"hardware: {describe_hardware()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{platform.python_version()}; batch {args.batch}, timestep {args.timestep:g}, "
+          f"median of {args.repeats} interleaved calls")
+    print(f"{'arch':<6}{'res':>6}  {'tokens':<34}{'TF base':>9}{'TF pruned':>9}{'ideal':>8}"
+          f"{'s base':>9}{'s pruned':>9}{'speedup':>9}{'quotient':>9}", flush=True)
+    for arch, resolution in zip(archs, resolutions):
+        unet = build_unet(arch, seed=0)
+        kwargs = unet_inputs(unet, resolution=resolution, batch=args.batch)
+        kwargs["timestep"] = torch.full((args.batch,), args.timestep)
+        base_flops = count_flops(unet, **kwargs).total
+
+        def baseline():
+            with torch.inference_mode():
+                unet(**kwargs)
+
+        for spec in specs:
+            config = tokens.parse_spec(spec)
+            tokens.apply(unet, config)
+            with tokens.at_timestep(unet, args.timestep):
+                flops = count_flops(unet, **kwargs).total
+            tokens.remove(unet)
+
+            def pruned():
+                tokens.apply(unet, config)
+                try:
+                    with torch.inference_mode():
+                        unet(**kwargs)
+                finally:
+                    tokens.remove(unet)
+
+            comparison = compare_latency(baseline, pruned, repeats=args.repeats, warmup=args.warmup)
+            print(_row(arch, resolution, spec, base_flops, flops, comparison), flush=True)
+        del unet
+
+
+if __name__ == "__main__":
+    main()

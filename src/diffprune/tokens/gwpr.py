@@ -1,0 +1,43 @@
+"""Token importance: G-WPR on an attention map (weighted PageRank by power iteration), the cross-attention
+entropy variant, and the per-sample split of tokens into kept and pruned."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def gwpr_scores(attention: torch.Tensor, iterations: int = 5) -> torch.Tensor:
+    """Importance of each token from a row-stochastic map ``attention[b, j, i]`` (query j attends to key i).
+
+    Starts from the uniform distribution and applies ``s_i <- sum_j A[j, i] s_j`` ``iterations`` times: a token
+    is important when important tokens attend to it. Rows summing to 1 keep ``s`` a distribution. (B, N) out.
+    """
+    batch, n, _ = attention.shape
+    scores = torch.full((batch, 1, n), 1.0 / n, dtype=attention.dtype, device=attention.device)
+    for _ in range(iterations):
+        scores = torch.bmm(scores, attention)
+    return scores.squeeze(1)
+
+
+def cross_entropy_scores(cross_attention: torch.Tensor) -> torch.Tensor:
+    """Importance of image tokens from their (head-averaged) cross-attention rows ``p[b, i, text]``: a row
+    concentrated on few text tokens (low entropy) ranks high, a uniform one low. Returns ``-entropy``."""
+    p = cross_attention.clamp_min(1e-12)
+    return (p * p.log()).sum(-1)
+
+
+def kept_count(n: int, ratio: float) -> int:
+    """Tokens kept when ``ratio`` of ``n`` are removed (at least one)."""
+    return max(1, n - math.floor(ratio * n + 1e-9))
+
+
+def split_tokens(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample indices of the ``keep`` highest-scoring tokens and of the rest, each in spatial order.
+
+    Ties go to the lower index (a stable sort), so the split is deterministic.
+    """
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+    kept, pruned = order[:, :keep], order[:, keep:]
+    return kept.sort(dim=1).values, pruned.sort(dim=1).values

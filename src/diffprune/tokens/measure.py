@@ -1,0 +1,103 @@
+"""FLOPs of a token-pruned U-Net averaged over a sampling schedule (DSAP makes steps differ), counted on what
+really runs: the explicit scoring attention, G-WPR's iterations and ToMe's similarity products included."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from diffprune.measure.flops import FlopCount, count_flops
+from diffprune.measure.inputs import unet_inputs
+
+from .patch import _ATTR, at_timestep, unet_of
+from .schedule import ratio_for
+
+
+@dataclass
+class ScheduleFlops:
+    """U-Net FLOPs per call at each step of an ``steps``-step schedule, and their mean."""
+
+    timesteps: list[int]
+    per_step: list[FlopCount]
+
+    @property
+    def mean_tflops(self) -> float:
+        return sum(f.total for f in self.per_step) / len(self.per_step) / 1e12
+
+    @property
+    def mean_attention_tflops(self) -> float:
+        return sum(f.attention for f in self.per_step) / len(self.per_step) / 1e12
+
+
+def schedule_timesteps(target, steps: int) -> list[int]:
+    """The timesteps a pipeline's scheduler visits in ``steps`` steps (DDIM's if ``target`` is a bare U-Net)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = getattr(target, "scheduler", None)
+    scheduler = type(scheduler).from_config(scheduler.config) if scheduler is not None else DDIMScheduler()
+    scheduler.set_timesteps(steps)
+    return [int(t) for t in scheduler.timesteps]
+
+
+def _geometry(target, vae_scale_factor, text_length) -> tuple[int, int]:
+    if vae_scale_factor is None:
+        vae_scale_factor = int(getattr(target, "vae_scale_factor", 8))
+    if text_length is None:
+        tokenizer = getattr(target, "tokenizer", None)
+        text_length = int(getattr(tokenizer, "model_max_length", 77)) if tokenizer is not None else 77
+    return vae_scale_factor, text_length
+
+
+def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_scale_factor: int | None = None,
+                   text_length: int | None = None) -> ScheduleFlops:
+    """Count one U-Net call at every timestep of the schedule (on ``meta``: shapes only, no arithmetic); calls
+    with the same pruning plan are counted once. The VAE factor and text length default to the pipeline's
+    (8 and 77 for a bare U-Net)."""
+    unet = unet_of(target)
+    vae_scale_factor, text_length = _geometry(target, vae_scale_factor, text_length)
+    timesteps = schedule_timesteps(target, steps)
+    patch = unet.__dict__.get(_ATTR)
+    inputs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,
+                         text_length=text_length)
+    cache: dict[tuple, FlopCount] = {}
+    per_step = []
+    for t in timesteps:
+        key = () if patch is None else tuple(
+            ratio_for(s.info, patch.config, float(t), patch.runtime.num_train_timesteps) for s in patch.runtime.sites)
+        if key not in cache:
+            with at_timestep(unet, float(t)):
+                cache[key] = count_flops(unet, **inputs)
+        per_step.append(cache[key])
+    return ScheduleFlops(timesteps=timesteps, per_step=per_step)
+
+
+def ratio_for_flops(target, config, tflops: float, steps: int, *, resolution: int, batch: int = 1,
+                    vae_scale_factor: int | None = None, text_length: int | None = None, tolerance: float = 0.002):
+    """The ``ratio`` at which ``config``'s method averages ``tflops`` per U-Net call over ``steps`` steps (by
+    bisection; FLOPs fall as the ratio rises), and the mean TFLOPs reached. Leaves ``target`` unpatched."""
+    from .config import with_ratio
+    from .patch import apply, remove
+
+    high_limit = (1 - 1 / config.stride**2) if config.method == "tome" else 0.99
+
+    def mean_at(ratio: float) -> float:
+        apply(target, with_ratio(config, ratio))
+        try:
+            return schedule_flops(target, steps, resolution=resolution, batch=batch,
+                                  vae_scale_factor=vae_scale_factor, text_length=text_length).mean_tflops
+        finally:
+            remove(target)
+
+    low, high = 0.0, high_limit
+    best = (high, mean_at(high))
+    if best[1] > tflops:
+        return best  # even the largest ratio cannot get down to the budget
+    for _ in range(30):
+        mid = (low + high) / 2
+        value = mean_at(mid)
+        if value > tflops:
+            low = mid
+        else:
+            high, best = mid, (mid, value)
+        if abs(value - tflops) <= tolerance * tflops:
+            break
+    return best

@@ -1,0 +1,254 @@
+"""``apply`` / ``remove`` of run-time token pruning on a diffusers U-Net (or a pipeline holding one).
+
+Everything is installed on module instances (hooks, wrapped attention processors, per-instance forwards)
+and recorded, so ``remove`` restores the U-Net exactly and ``apply`` on a patched U-Net first removes the old
+patch. Per-call state (the timestep, pending recoveries) is reset at every U-Net call; random choices are
+seeded from (seed, timestep, site), so a pipeline call gives the same images however often it is repeated.
+"""
+
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from diffprune.errors import DiffpruneError
+
+from . import gwpr, recovery
+from .attention import MapRequest, unwrap_processor, wrap_processor
+from .config import TokenPruningConfig
+from .layers import check_layer, pruned_layer_forward, tome_layer_forward
+from .schedule import AttentionSite, attention_sites, ratio_for
+from .tome import bipartite_matching
+
+_ATTR = "_diffprune_tokens"
+
+
+class _Runtime:
+    """State shared by every site of one patched U-Net during one call."""
+
+    def __init__(self, config: TokenPruningConfig, num_train_timesteps: int):
+        self.config = config
+        self.num_train_timesteps = num_train_timesteps
+        self.timestep: float | None = None
+        self.forced_timestep: float | None = None
+        self.sites: list[_Site] = []
+
+    def start_call(self, module, args, kwargs):
+        t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if self.forced_timestep is not None:
+            self.timestep = self.forced_timestep
+        elif isinstance(t, torch.Tensor):
+            self.timestep = None if t.device.type == "meta" or t.numel() == 0 else float(t.flatten()[0])
+        else:
+            self.timestep = None if t is None else float(t)
+        for site in self.sites:
+            site.reset()
+
+    def generator(self, *keys: int) -> torch.Generator:
+        t = -1 if self.timestep is None else int(round(self.timestep))
+        seed = self.config.seed
+        for k in (t, *keys):
+            seed = (seed * 1_000_003 + k + 7) % (2**63 - 1)
+        return torch.Generator().manual_seed(seed)
+
+
+class _Site:
+    """One attention block at run time: decides its ratio, prunes, and recovers before the next convolution."""
+
+    def __init__(self, site: AttentionSite, runtime: _Runtime, t2d):
+        self.info = site
+        self.runtime = runtime
+        self.self_map = MapRequest()
+        self.cross_map = MapRequest()
+        self.scores_cross = runtime.config.score == "cross"
+        self.grid: tuple[int, int] | None = None
+        self.t2d = t2d
+        self.reset()
+
+    def reset(self) -> None:
+        self.pending = None
+        self.self_map.wanted = self.cross_map.wanted = False
+        self.self_map.attention = self.cross_map.attention = None
+
+    def record_grid(self, module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        self.grid = (int(x.shape[-2]), int(x.shape[-1]))
+
+    def ratio(self) -> float:
+        return ratio_for(self.info, self.runtime.config, self.runtime.timestep, self.runtime.num_train_timesteps)
+
+    def begin(self) -> float:
+        """Called before the scoring layer: ask for the maps this call needs; returns the ratio."""
+        self.reset()
+        ratio = self.ratio()
+        if ratio > 0:
+            self.self_map.wanted = True
+            self.cross_map.wanted = self.scores_cross
+        return ratio
+
+    def prune(self, x: torch.Tensor, ratio: float) -> torch.Tensor:
+        """Choose the kept tokens of ``x`` (B, N, C); remember what recovery needs; return the kept ones."""
+        config = self.runtime.config
+        attention = self.self_map.take()
+        batch, n, _ = x.shape
+        keep = gwpr.kept_count(n, ratio)
+        if config.method == "random":
+            scores = torch.rand(batch, n, generator=self.runtime.generator(self.info.index)).to(x.device)
+        elif self.scores_cross:
+            scores = gwpr.cross_entropy_scores(self.cross_map.take())
+        else:
+            scores = gwpr.gwpr_scores(attention, config.iterations)
+        kept, pruned = gwpr.split_tokens(scores, keep)
+        source = recovery.most_similar_kept(attention, kept, pruned)
+        self.pending = (x, kept, pruned, source)
+        return recovery.gather_tokens(x, kept)
+
+    # block placement: hooks around the first layer
+    def before_first(self, module, args, kwargs):
+        self.pending_ratio = self.begin()
+
+    def after_first(self, module, args, kwargs, output):
+        if self.pending_ratio > 0:
+            return self.prune(output, self.pending_ratio)
+        return output
+
+    # both placements: recovery after the last layer
+    def after_last(self, module, args, output):
+        if self.pending is None:
+            return output
+        at_prune, kept, pruned, source = self.pending
+        self.pending = None
+        return recovery.refill(at_prune, output, kept, pruned, source, self.runtime.config.copy)
+
+    def tome_matching(self, layer, x: torch.Tensor):
+        ratio = self.ratio()
+        if ratio <= 0 or self.grid is None:
+            return None
+        height, width = self.grid
+        layer_index = next(i for i, b in enumerate(self.t2d.transformer_blocks) if b is layer)
+        generator = self.runtime.generator(self.info.index, layer_index)
+        return bipartite_matching(x, height, width, ratio, self.runtime.config.stride, generator)
+
+
+@dataclass
+class _Patch:
+    config: TokenPruningConfig
+    runtime: _Runtime
+    handles: list = field(default_factory=list)
+    forwards: list = field(default_factory=list)     # modules given an instance-level forward
+    processors: list = field(default_factory=list)   # attention modules whose processor was wrapped
+
+
+def unet_of(target):
+    """The ``UNet2DConditionModel`` of a pipeline, or ``target`` itself."""
+    from diffusers import UNet2DConditionModel
+
+    unet = target if isinstance(target, UNet2DConditionModel) else getattr(target, "unet", None)
+    if not isinstance(unet, UNet2DConditionModel):
+        raise DiffpruneError(f"token pruning needs a UNet2DConditionModel or a pipeline with one, "
+                             f"got {type(target).__name__}")
+    return unet
+
+
+def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
+    if config.method == "tome":
+        return "tome"
+    if config.placement == "auto":
+        return "block" if site.depth >= 2 else "layer"
+    return config.placement
+
+
+def apply(target, config: TokenPruningConfig | None = None):
+    """Patch the U-Net of ``target`` (a pipeline or a bare U-Net) to prune tokens at run time; returns ``target``.
+
+    Idempotent: applying again replaces the previous patch. ``remove`` undoes it exactly.
+    """
+    config = config or TokenPruningConfig()
+    unet = unet_of(target)
+    remove(unet)
+    scheduler = getattr(target, "scheduler", None)
+    steps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
+    runtime = _Runtime(config, steps)
+    patch = _Patch(config, runtime)
+    sites = attention_sites(unet)
+    modules = dict(unet.named_modules())
+    try:
+        for info in sites:
+            if config.levels is not None and info.level not in config.levels:
+                continue
+            t2d = modules[info.name]
+            placement = _placement(config, info)
+            if placement == "block" and info.depth < 2:
+                continue  # pruning after the only layer would save nothing
+            for i, layer in enumerate(t2d.transformer_blocks):
+                check_layer(layer, f"{info.name}.transformer_blocks.{i}")
+            site = _Site(info, runtime, t2d)
+            runtime.sites.append(site)
+            patch.handles.append(t2d.register_forward_pre_hook(site.record_grid, with_kwargs=True))
+            layers = list(t2d.transformer_blocks)
+            if placement == "tome":
+                for layer in layers:
+                    layer.forward = functools.partial(tome_layer_forward, layer, site)
+                    patch.forwards.append(layer)
+                continue
+            first = layers[0]
+            wrap_processor(first.attn1, site.self_map, config.chunk)
+            patch.processors.append(first.attn1)
+            if site.scores_cross and first.attn2 is not None:
+                wrap_processor(first.attn2, site.cross_map, config.chunk)
+                patch.processors.append(first.attn2)
+            if placement == "block":
+                patch.handles.append(first.register_forward_pre_hook(site.before_first, with_kwargs=True))
+                patch.handles.append(first.register_forward_hook(site.after_first, with_kwargs=True))
+            else:
+                first.forward = functools.partial(pruned_layer_forward, first, site)
+                patch.forwards.append(first)
+            patch.handles.append(layers[-1].register_forward_hook(site.after_last))
+        patch.handles.insert(0, unet.register_forward_pre_hook(runtime.start_call, with_kwargs=True))
+    except Exception:
+        _undo(patch)
+        raise
+    setattr(unet, _ATTR, patch)
+    return target
+
+
+def _undo(patch: _Patch) -> None:
+    for handle in patch.handles:
+        handle.remove()
+    for module in patch.forwards:
+        module.__dict__.pop("forward", None)
+    for attn in patch.processors:
+        unwrap_processor(attn)
+
+
+def remove(target):
+    """Undo ``apply`` (a no-op on an unpatched U-Net); returns ``target``."""
+    unet = unet_of(target)
+    patch = unet.__dict__.pop(_ATTR, None)
+    if patch is not None:
+        _undo(patch)
+    return target
+
+
+def applied_config(target) -> TokenPruningConfig | None:
+    """The configuration applied to ``target``'s U-Net, or ``None``."""
+    patch = unet_of(target).__dict__.get(_ATTR)
+    return None if patch is None else patch.config
+
+
+@contextmanager
+def at_timestep(target, timestep: float | None):
+    """Run the patched U-Net as if called at ``timestep`` (for FLOPs counts on the ``meta`` device, where the
+    timestep tensor has no value)."""
+    patch = unet_of(target).__dict__.get(_ATTR)
+    if patch is None:
+        yield
+        return
+    previous, patch.runtime.forced_timestep = patch.runtime.forced_timestep, timestep
+    try:
+        yield
+    finally:
+        patch.runtime.forced_timestep = previous

@@ -1,0 +1,65 @@
+"""--tokens on the command line: generate, measure (mean FLOPs over a schedule) and eval; bad specs are one line,
+exit 2, and nothing is written."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from diffprune.cli import main
+
+
+def test_measure_reports_the_mean_over_the_schedule(tmp_path, capsys):
+    base, pruned = tmp_path / "base.json", tmp_path / "pruned.json"
+    assert main(["measure", "random:tiny-sdxl", "--steps", "10", "--json", str(base)]) == 0
+    assert main(["measure", "random:tiny-sdxl", "--tokens", "atedm:ratio=0.5,tau=0.3", "--steps", "10",
+                 "--json", str(pruned)]) == 0
+    out = capsys.readouterr().out
+    assert "mean over 10 steps" in out and "tokens atedm:ratio=0.5,tau=0.3" in out
+    b, p = json.loads(base.read_text()), json.loads(pruned.read_text())
+    assert p["steps"] == 10 and len(p["unet_tflops_per_step"]) == 10
+    assert p["unet_tflops"] == pytest.approx(sum(p["unet_tflops_per_step"]) / 10, rel=1e-9)
+    assert b["unet_tflops_per_step"] == [b["unet_tflops"]] * 10
+    assert max(p["unet_tflops_per_step"]) < b["unet_tflops"]
+    assert len(set(p["unet_tflops_per_step"])) == 2  # DSAP: an early and a late plan
+
+
+def test_generate_writes_one_grid_and_the_same_seed_gives_the_same_pixels(tmp_path, capsys):
+    args = ["generate", "random:tiny-sd", "--prompt", "a red circle", "--prompt", "a blue square",
+            "--steps", "2", "--resolution", "64", "--tokens", "atedm:ratio=0.5"]
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 0
+    assert main([*args, "--out", str(tmp_path / "b.png")]) == 0
+    a, b = Image.open(tmp_path / "a.png"), Image.open(tmp_path / "b.png")
+    assert a.size == (128, 64) and a.tobytes() == b.tobytes()
+    assert "tokens atedm:ratio=0.5" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "a.png")]) == 2  # exists, no --overwrite
+    assert main([*args, "--out", str(tmp_path / "a.png"), "--overwrite"]) == 0
+
+
+def test_eval_with_tokens_writes_metrics(tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["eval", "shapes", "--prompts", "4", "--steps", "4", "--tokens", "tome:ratio=0.5",
+                 "--json", str(out)]) == 0
+    metrics = json.loads(out.read_text())["metrics"] if "metrics" in json.loads(out.read_text()) \
+        else json.loads(out.read_text())
+    assert metrics["n_images"] == 4 and 0 <= metrics["accuracy_all"] <= 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["measure", "random:tiny-sd", "--tokens", "atedm:ratio=1.5"], "ratio must be in [0, 1)"),
+    (["measure", "random:tiny-sd", "--tokens", "fastest"], "unknown token pruning method 'fastest'"),
+    (["generate", "random:tiny-sd", "--prompt", "x", "--tokens", "atedm:speed=2"], "bad token pruning option"),
+    (["eval", "shapes", "--tokens", "tome:ratio=0.9"], "merges at most 0.75"),
+    (["generate", "random:tiny-sd", "--prompt", "x"], "--out must name a .png file"),
+])
+def test_bad_specs_are_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, message):
+    target = tmp_path / "out.png"
+    extra = ["--out", str(target)] if argv[0] == "generate" and "--tokens" in argv else []
+    if argv[0] == "generate" and not extra:
+        extra = ["--out", str(tmp_path / "out.jpg")]
+    json_out = ["--json", str(tmp_path / "m.json")] if argv[0] != "generate" else []
+    code = main([*argv, *extra, *json_out])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
