@@ -42,10 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     tokens.apply(pipe, tokens.parse_spec(args.tokens[0]))
     target = tokens.schedule_flops(pipe, n, resolution=args.resolution).mean_tflops
     tokens.remove(pipe)
-    tome = tokens.parse_spec("tome:ratio=0.5")
-    ratio, reached = tokens.ratio_for_flops(pipe, tome, target, n, resolution=args.resolution)
-    print(f"ToMe matching {args.tokens[0]} at {n} steps: ratio {ratio:.3f} gives {reached:.3f} TFLOPs "
-          f"(target {target:.3f}; ToMe merges at most 0.75 of the tokens of each layer's self-attention)")
+    for merge in ("self", "all"):
+        tome = tokens.parse_spec(f"tome:ratio=0.5,merge={merge}")
+        ratio, reached = tokens.ratio_for_flops(pipe, tome, target, n, resolution=args.resolution)
+        print(f"ToMe (merge={merge}) matching {args.tokens[0]} at {n} steps: ratio {ratio:.3f} gives {reached:.3f} "
+              f"TFLOPs (target {target:.3f}; ToMe merges at most 0.75 of a layer's tokens)")
 
 
 if __name__ == "__main__":

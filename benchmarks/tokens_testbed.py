@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.63])
     parser.add_argument("--extra", nargs="*", default=[], help="options added to every spec, e.g. dsap=off")
     parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--tome-merge", default="all", choices=["self", "self+cross", "all"],
+                        help="what ToMe runs on merged tokens (default all: it can then reach AT-EDM's FLOPs)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance-scale", type=float, default=5.0)
     args = parser.parse_args(argv)
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         random = tokens.parse_spec(f"random:ratio={ratio}{extra}")
         label, flops, result = run(random.spec(), random)
         rows.append((label, flops, result.metrics, fidelity_metrics(result.images, base.images, evaluator.features)))
-        tome = tokens.parse_spec(f"tome:ratio=0.5{extra}")
+        tome = tokens.parse_spec(f"tome:ratio=0.5,merge={args.tome_merge}{extra}")
         tome_ratio, _ = tokens.ratio_for_flops(pipe, tome, budget, args.steps, resolution=resolution)
         tome = tokens.with_ratio(tome, round(tome_ratio, 4))
         label, flops, result = run(tome.spec(), tome)

@@ -11,7 +11,7 @@ from diffprune.measure import count_flops, unet_inputs
 from diffprune.tokens.schedule import attention_sites
 
 SPECS = ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5", "atedm:ratio=0.5,copy=delta",
-         "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer"]
+         "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer", "tome:ratio=0.5,merge=all"]
 
 
 @pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl"])

@@ -33,7 +33,9 @@ class TokenPruningConfig:
     - ``placement``: ``auto`` prunes after the first layer of blocks with >= 2 transformer layers (the paper)
       and inside the layer of one-layer blocks (SD-1.5/2.x: cross-attention and feed-forward on kept tokens).
     - ``chunk``: query rows per chunk when the scoring layer builds its attention map (``None``: sized so
-      one chunk holds ~32M scores); ``stride``: ToMe's destination grid; ``seed``: random and ToMe choices.
+      one chunk holds ~2M scores); ``stride``: ToMe's destination grid; ``merge``: what ToMe runs on merged
+      tokens, ``self`` (self-attention, its default), ``self+cross`` or ``all`` (feed-forward too; needed to
+      reach AT-EDM's FLOPs on SD-XL); ``seed``: random and ToMe choices.
     """
 
     method: str = "atedm"
@@ -48,6 +50,7 @@ class TokenPruningConfig:
     placement: str = "auto"
     chunk: int | None = None
     stride: int = 2
+    merge: str = "self"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -75,6 +78,8 @@ class TokenPruningConfig:
             raise DiffpruneError(f"levels must be powers of two such as 1, 2, 4, got {self.levels}")
         if self.chunk is not None and self.chunk < 1:
             raise DiffpruneError(f"chunk must be at least 1, got {self.chunk}")
+        if self.merge not in ("self", "self+cross", "all"):
+            raise DiffpruneError(f"merge must be self, self+cross or all, got '{self.merge}'")
         if self.stride < 1:
             raise DiffpruneError(f"stride must be at least 1, got {self.stride}")
 

@@ -68,14 +68,23 @@ def tome_layer_forward(layer, site, hidden_states, attention_mask=None, encoder_
                        encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None,
                        class_labels=None, added_cond_kwargs=None):
     """ToMe: merge similar tokens (cosine on the layer input) before self-attention and copy the merged
-    outputs back after it; cross-attention and feed-forward see every token."""
+    outputs back after it; with ``merge`` = ``self+cross`` / ``all`` the same matching also wraps
+    cross-attention / the feed-forward, otherwise they see every token."""
     matching = site.tome_matching(layer, hidden_states)
     if matching is None:
         return type(layer).forward(layer, hidden_states, attention_mask, encoder_hidden_states,
                                    encoder_attention_mask, timestep, cross_attention_kwargs, class_labels,
                                    added_cond_kwargs)
     kwargs = _cross_kwargs(cross_attention_kwargs)
+    merge = site.runtime.config.merge
     merged = matching.merge(layer.norm1(hidden_states))
     x = matching.unmerge(layer.attn1(merged, attention_mask=attention_mask, **kwargs)) + hidden_states
-    x = cross_attention(layer, x, encoder_hidden_states, encoder_attention_mask, kwargs)
-    return feed_forward(layer, x)
+    if merge == "self" or layer.attn2 is None:
+        x = cross_attention(layer, x, encoder_hidden_states, encoder_attention_mask, kwargs)
+    else:
+        merged = matching.merge(layer.norm2(x))
+        x = matching.unmerge(layer.attn2(merged, encoder_hidden_states=encoder_hidden_states,
+                                         attention_mask=encoder_attention_mask, **kwargs)) + x
+    if merge != "all":
+        return feed_forward(layer, x)
+    return matching.unmerge(layer.ff(matching.merge(layer.norm3(x)))) + x

@@ -66,6 +66,7 @@ class _Site:
         self.scores_cross = runtime.config.score == "cross"
         self.grid: tuple[int, int] | None = None
         self.t2d = t2d
+        self.pending_ratio = 0.0
         self.reset()
 
     def reset(self) -> None:
@@ -129,6 +130,7 @@ class _Site:
             return None
         height, width = self.grid
         layer_index = next(i for i, b in enumerate(self.t2d.transformer_blocks) if b is layer)
+        # one draw of destinations per call and layer, shared by the batch (CFG's two halves merge alike)
         generator = self.runtime.generator(self.info.index, layer_index)
         return bipartite_matching(x, height, width, ratio, self.runtime.config.stride, generator)
 
