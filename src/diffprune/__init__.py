@@ -1,7 +1,8 @@
 """diffprune: make Stable Diffusion pipelines smaller and faster, and measure what it cost.
 
 The public API: :func:`load` / :func:`save` for pipelines, :mod:`diffprune.measure` for honest numbers,
-:class:`Report` for Markdown/JSON/PNG reports.
+:class:`Report` for Markdown/JSON/PNG reports, and one subpackage per compression family:
+:mod:`diffprune.weights` and :mod:`diffprune.tokens`.
 """
 
 __version__ = "0.1.0"
@@ -9,5 +10,7 @@ __version__ = "0.1.0"
 from diffprune.errors import DiffpruneError  # noqa: E402
 from diffprune.io import load, save  # noqa: E402
 from diffprune.measure import measure_pipeline as measure  # noqa: E402
+from diffprune import tokens, weights  # noqa: E402
 
-__all__ = ["DiffpruneError", "__version__", "load", "measure", "save"]
+
+__all__ = ["DiffpruneError", "__version__", "load", "measure", "save", "tokens", "weights"]
