@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_weight_commands(sub, _add_source, _positive_int, add_generation_options)
 
+    from diffprune.cli_layers import add_layer_commands
+
+    add_layer_commands(sub, _add_source, _positive_int)
+
     p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -316,6 +320,12 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_layers(args) -> int:
+    from diffprune.cli_layers import run_layer_command
+
+    return run_layer_command(args, _load)
+
+
 def _cmd_weights(args) -> int:
     from diffprune.cli_weights import run_weight_command
 
@@ -323,7 +333,7 @@ def _cmd_weights(args) -> int:
 
 
 _COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo,
-             "generate": _cmd_generate,
+             "generate": _cmd_generate, "prune-layers": _cmd_layers,
              "prune-weights": _cmd_weights, "sweep": _cmd_weights, "search": _cmd_weights}
 
 

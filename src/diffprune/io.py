@@ -137,8 +137,12 @@ def _load_pipeline_folder(folder: Path, dtype):
             raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
     from diffprune.weights.storage import is_sparse_folder, load_component
 
+    from diffprune.layers.storage import is_layer_pruned_folder, load_unet
+
     sparse = {name: load_component(folder / name, dtype) for name in _listed_components(index)
               if is_sparse_folder(folder / name)}
+    if "unet" not in sparse and is_layer_pruned_folder(folder / "unet"):
+        sparse["unet"] = load_unet(folder / "unet", dtype)
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **sparse, **_dtype_kwargs(dtype))
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
@@ -294,10 +298,15 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
         elif (path / "config.json").is_file():
             if component is not None:
                 raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")
+            from diffprune.layers.storage import is_layer_pruned_folder, load_unet
             from diffprune.weights.storage import is_sparse_folder, load_component
 
-            model = (load_component(path, dtype) if is_sparse_folder(path)
-                     else _load_component_folder(path, _read_json(path / "config.json"), dtype))
+            if is_sparse_folder(path):
+                model = load_component(path, dtype)
+            elif is_layer_pruned_folder(path):
+                model = load_unet(path, dtype)
+            else:
+                model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
             return model.to(device) if device else model
         else:
             raise DiffpruneError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")
@@ -344,6 +353,12 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
                 "weights_format": weights_format}
     with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)], marker="model_index.json") as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        from diffprune.layers.storage import is_layer_pruned, save_unet
+
+        if is_layer_pruned(pipe.unet):
+            if weights_format == "bitmask":
+                raise DiffpruneError("a layer-pruned U-Net cannot be stored in the bitmask format yet; save it dense")
+            save_unet(pipe.unet, staging / "unet")
         if weights_format == "bitmask":
             patterns = _nm_patterns(history)
             for name in PRUNABLE_COMPONENTS:

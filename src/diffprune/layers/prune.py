@@ -1,0 +1,112 @@
+"""One-shot layer pruning: score every removable unit once, choose the set for a target ratio, remove it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from diffprune.errors import DiffpruneError
+
+from .criterion import CRITERIA, CalibrationSet, LayerCalibrationConfig, record_calibration, score_units
+from .select import SOLVERS, select
+from .surgery import remove_units
+from .units import GRANULARITIES, Unit, enumerate_units, removable_units
+
+BUDGETS = ("params", "flops")
+
+
+@dataclass
+class LayerPruningConfig:
+    """Remove ``ratio`` of the U-Net's parameters (or FLOPs, ``budget="flops"``), choosing units by
+    ``criterion`` at ``granularity`` (``block``: whole attention modules; ``layer``: transformer layers)."""
+
+    ratio: float = 0.5
+    budget: str = "params"
+    criterion: str = "output-loss"
+    granularity: str = "block"
+    solver: str = "knapsack"
+    calibration: LayerCalibrationConfig = field(default_factory=LayerCalibrationConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ratio < 1:
+            raise DiffpruneError(f"ratio must be in [0, 1), got {self.ratio}")
+        for name, allowed in (("budget", BUDGETS), ("criterion", CRITERIA), ("granularity", GRANULARITIES),
+                              ("solver", SOLVERS)):
+            if getattr(self, name) not in allowed:
+                raise DiffpruneError(f"unknown {name} '{getattr(self, name)}' (choose from {', '.join(allowed)})")
+
+
+@dataclass
+class LayerPruneResult:
+    removed: list[str]
+    scores: dict[str, float]
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    config: LayerPruningConfig
+
+    @property
+    def params_ratio(self) -> float:
+        return 1 - self.params_after / self.params_before
+
+    @property
+    def flops_ratio(self) -> float:
+        return 1 - self.flops_after / self.flops_before
+
+
+def _cost(unit: Unit, budget: str) -> int:
+    return unit.params if budget == "params" else unit.flops
+
+
+def max_ratio(units: list[Unit], total: int, budget: str) -> float:
+    """The largest share of ``total`` the removable units hold."""
+    return sum(_cost(u, budget) for u in removable_units(units)) / total
+
+
+def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, units: list[Unit] | None = None,
+         progress: bool = False) -> tuple[list[str], dict[str, float], list[Unit]]:
+    """The units ``config`` would remove (without removing them), their scores, and all candidate units."""
+    unet = pipe.unet
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
+    candidates = removable_units(units)
+    total = sum(p.numel() for p in unet.parameters()) if config.budget == "params" else \
+        _unet_flops(unet, vae_factor, text_length)
+    limit = max_ratio(units, total, config.budget)
+    if config.ratio >= limit:
+        raise DiffpruneError(f"ratio {config.ratio} is not below the most that can be removed at "
+                             f"{config.granularity} granularity by {config.budget}: {limit:.3f}")
+    if config.criterion in ("output-loss", "taylor") and data is None:
+        data = record_calibration(pipe, config.calibration, progress=progress)
+    scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
+    target = int(round(config.ratio * total))
+    picked = select([scores[u.name] for u in candidates], [_cost(u, config.budget) for u in candidates], target,
+                    config.solver)
+    return [candidates[i].name for i in picked], scores, units
+
+
+def _unet_flops(unet, vae_factor: int, text_length: int) -> int:
+    from diffprune.measure.flops import count_flops
+    from diffprune.measure.inputs import unet_inputs
+
+    resolution = int(unet.config.sample_size) * vae_factor
+    return count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_factor,
+                                           text_length=text_length)).total
+
+
+def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet | None = None,
+          progress: bool = False) -> LayerPruneResult:
+    """Score, select and remove in place; returns what was removed and the achieved ratios."""
+    config = config or LayerPruningConfig()
+    unet = pipe.unet
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    params_before = sum(p.numel() for p in unet.parameters())
+    flops_before = _unet_flops(unet, vae_factor, text_length)
+    removed, scores, units = plan(pipe, config, data, progress=progress)
+    remove_units(unet, removed, {u.name: u for u in units})
+    return LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
+                            params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
+                            flops_after=_unet_flops(unet, vae_factor, text_length), config=config)

@@ -1,0 +1,159 @@
+"""Saving a layer-pruned U-Net so that it stays small on disk and loads back identically.
+
+When the diffusers configuration can describe what is left (fewer transformer layers per attention module,
+listed per module in ``transformer_layers_per_block`` / ``reverse_transformer_layers_per_block``; no mid
+block), the folder is a plain ``UNet2DConditionModel`` one that ``from_pretrained`` loads alone. Otherwise
+(a ResNet or a whole attention module replaced by a pass-through) the folder keeps the original
+``config.json``, the remaining weights, and ``diffprune_layers.json`` naming the removed units, format
+``diffprune-layers`` version 1; :func:`load_unet` (and so ``diffprune.load``) rebuilds the model from them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from diffprune.errors import DiffpruneError
+
+from .surgery import SkippedTransformer, is_skipped, remove_units, removed_modules
+
+MARKER = "diffprune_layers.json"
+FORMAT = "diffprune-layers"
+VERSION = 1
+
+
+def is_layer_pruned(unet) -> bool:
+    """Whether ``unet`` differs from what its own configuration describes (units removed in memory)."""
+    if removed_modules(unet):
+        return True
+    return _depths(unet) != _config_depths(unet)
+
+
+def _depths(unet) -> dict[str, int]:
+    return {name: len(m.transformer_blocks) for name, m in unet.named_modules()
+            if hasattr(m, "transformer_blocks") and not is_skipped(m)}
+
+
+def _config_depths(unet) -> dict[str, int]:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        fresh = UNet2DConditionModel.from_config(unet.config)
+    return _depths(fresh)
+
+
+def _attention_depths(block) -> list[int] | None:
+    attentions = getattr(block, "attentions", None)
+    if not attentions:
+        return None
+    if any(isinstance(a, SkippedTransformer) for a in attentions):
+        raise ValueError("an attention module was removed")
+    return [len(a.transformer_blocks) for a in attentions]
+
+
+def plain_config(unet) -> dict | None:
+    """A diffusers configuration whose model has exactly ``unet``'s parameters (names and shapes), or ``None``
+    if the configuration cannot express the removal."""
+    from diffusers import UNet2DConditionModel
+
+    if any(is_skipped(m) and not isinstance(m, SkippedTransformer) for m in unet.modules()):
+        return None  # a ResNet stand-in: no configuration says "skip this ResNet"
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    try:
+        down = [_attention_depths(b) for b in unet.down_blocks]
+        up = [_attention_depths(b) for b in unet.up_blocks]
+        mid = _attention_depths(unet.mid_block) if unet.mid_block is not None else None
+    except ValueError:
+        return None
+    last = mid[0] if mid else 1
+    config["transformer_layers_per_block"] = [d if d is not None else [last] * len(b.resnets)
+                                              for d, b in zip(down, unet.down_blocks)]
+    if down[-1] is not None and mid and down[-1][0] != mid[0]:
+        return None  # diffusers gives the mid block the depth of the last down block's first module
+    config["reverse_transformer_layers_per_block"] = [d if d is not None else [1] * len(b.resnets)
+                                                      for d, b in zip(up, unet.up_blocks)]
+    if unet.mid_block is None:
+        config["mid_block_type"] = None
+    with torch.device("meta"):
+        candidate = UNet2DConditionModel.from_config(config)
+    want = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in candidate.state_dict().items()}
+    return config if want == have else None
+
+
+def save_unet(unet, folder: str | Path) -> str:
+    """Write ``unet`` to ``folder`` (replacing what is there); returns ``"diffusers"`` or ``FORMAT``."""
+    from diffusers import UNet2DConditionModel
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.iterdir():
+        stale.unlink()
+    config = plain_config(unet)
+    if config is not None:
+        with torch.device("meta"):
+            plain = UNet2DConditionModel.from_config(config)
+        plain.load_state_dict(unet.state_dict(), strict=True, assign=True)
+        plain.save_pretrained(folder, safe_serialization=True)
+        return "diffusers"
+    unet.save_pretrained(folder, safe_serialization=True)  # the original config, the remaining weights
+    (folder / MARKER).write_text(json.dumps({"format": FORMAT, "version": VERSION,
+                                             "removed": _removal_list(unet)}, indent=2) + "\n", encoding="utf-8")
+    return FORMAT
+
+
+def _removal_list(unet) -> list[str]:
+    """Unit names to remove from a fresh model of ``unet``'s configuration to get ``unet``'s structure."""
+    names = [n for n in removed_modules(unet) if n != "mid_block"]
+    if unet.mid_block is None and unet.config.get("mid_block_type") is not None:
+        from diffusers import UNet2DConditionModel
+
+        with torch.device("meta"):
+            fresh = UNet2DConditionModel.from_config(unet.config)
+        mid = fresh.mid_block
+        names += [f"mid_block.resnets.{i}" for i in range(len(mid.resnets))]
+        names += [f"mid_block.attentions.{i}" for i in range(len(getattr(mid, "attentions", None) or []))]
+    fresh_depths, depths = _config_depths(unet), _depths(unet)
+    for module, depth in fresh_depths.items():
+        if module in depths and depths[module] < depth:
+            names += [f"{module}.transformer_blocks.{k}" for k in range(depths[module], depth)]
+    return names
+
+
+def is_layer_pruned_folder(folder: str | Path) -> bool:
+    return (Path(folder) / MARKER).is_file()
+
+
+def load_unet(folder: str | Path, dtype: torch.dtype | None = None):
+    """Rebuild a U-Net saved in the ``diffprune-layers`` format (strictly: every weight present, none extra)."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DiffpruneError(f"cannot read the layer-pruned U-Net in {folder}: {e}") from None
+    if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+        raise DiffpruneError(f"{folder / MARKER} is not a {FORMAT} file this diffprune can read")
+    unet = UNet2DConditionModel.from_config(config)
+    # removing the highest layer indices first keeps the saved (renumbered) names valid
+    names = sorted(meta.get("removed", []), key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
+                   reverse=True)
+    remove_units(unet, names)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise DiffpruneError(f"{folder} has no safetensors weights")
+    state = {}
+    for f in files:
+        state.update(load_file(f))
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise DiffpruneError(f"{folder}: weights do not match the layer-pruned structure "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    if dtype is not None:
+        unet.to(dtype)
+    return unet.eval().requires_grad_(False)

@@ -1,0 +1,153 @@
+"""Removing units from a U-Net: for a while (to score them) or for good (a physically smaller model).
+
+A removed ``Transformer2DModel`` or ResNet is replaced by a parameter-free stand-in that passes its input on
+(an up-block ResNet passes on the main path and drops its skip); a removed transformer layer is deleted from
+its module's list, so the module simply runs fewer layers. A mid block whose every unit is gone is dropped.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from torch import nn
+
+from diffprune.errors import DiffpruneError
+
+from .units import Unit, enumerate_units
+
+
+class SkippedTransformer(nn.Module):
+    """Stands in for a removed ``Transformer2DModel``: returns its input."""
+
+    def forward(self, hidden_states, *args, return_dict: bool = True, **kwargs):
+        if return_dict:
+            from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+            return Transformer2DModelOutput(sample=hidden_states)
+        return (hidden_states,)
+
+
+class SkippedResnet(nn.Module):
+    """Stands in for a removed down/mid ResNet: returns its input."""
+
+    def forward(self, input_tensor, temb=None, *args, **kwargs):
+        return input_tensor
+
+
+class SkippedUpResnet(nn.Module):
+    """Stands in for a removed up-block ResNet: passes the main path on and drops the concatenated skip."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.width = width
+
+    def forward(self, input_tensor, temb=None, *args, **kwargs):
+        return input_tensor[:, : self.width]
+
+    def extra_repr(self) -> str:
+        return f"width={self.width}"
+
+
+class SkippedLayer(nn.Module):
+    """Stands in for a transformer layer while it is temporarily removed."""
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states
+
+
+def _parent(unet, name: str) -> tuple[nn.Module, str]:
+    path, _, last = name.rpartition(".")
+    return unet.get_submodule(path), last
+
+
+def _set(parent: nn.Module, key: str, module: nn.Module) -> None:
+    if isinstance(parent, nn.ModuleList):
+        parent[int(key)] = module
+    else:
+        setattr(parent, key, module)
+
+
+def _stand_in(unit: Unit, module: nn.Module) -> nn.Module:
+    if unit.kind == "attention":
+        return SkippedTransformer()
+    if unit.kind == "up_resnet":
+        return SkippedUpResnet(int(module.conv2.out_channels))
+    if unit.kind == "layer":
+        return SkippedLayer()
+    return SkippedResnet()
+
+
+def _check(unet, names, units: dict[str, Unit] | None) -> list[Unit]:
+    if units is None:
+        units = {u.name: u for g in ("block", "layer") for u in enumerate_units(unet, g)}
+    chosen = []
+    for name in dict.fromkeys(names):
+        unit = units.get(name)
+        if unit is None:
+            raise DiffpruneError(f"'{name}' is not a removable unit of this U-Net")
+        if not unit.removable:
+            raise DiffpruneError(f"'{name}' cannot be removed: {unit.reason}")
+        chosen.append(unit)
+    chosen_names = {u.name for u in chosen}
+    for unit in chosen:  # a layer inside a removed block would be removed twice
+        if unit.kind == "layer" and unit.name.rsplit(".transformer_blocks.", 1)[0] in chosen_names:
+            raise DiffpruneError(f"'{unit.name}' lies inside '{unit.name.rsplit('.transformer_blocks.', 1)[0]}', "
+                                 "which is removed too")
+    return chosen
+
+
+@contextmanager
+def units_removed(unet, names, units: dict[str, Unit] | None = None):
+    """Run ``unet`` with ``names`` removed inside the ``with`` block; everything is put back afterwards."""
+    chosen = _check(unet, names, units)
+    swapped = []
+    try:
+        for unit in chosen:
+            parent, key = _parent(unet, unit.name)
+            original = parent[int(key)] if isinstance(parent, nn.ModuleList) else getattr(parent, key)
+            _set(parent, key, _stand_in(unit, original))
+            swapped.append((parent, key, original))
+        yield unet
+    finally:
+        for parent, key, original in reversed(swapped):
+            _set(parent, key, original)
+
+
+def remove_units(unet, names, units: dict[str, Unit] | None = None):
+    """Remove ``names`` from ``unet`` for good (in place) and return it. Layers are deleted from their list; a
+    module left with no layers, and a mid block left with no units, go as a whole."""
+    chosen = _check(unet, names, units)
+    layers: dict[str, list[int]] = {}
+    for unit in chosen:
+        if unit.kind == "layer":
+            module, _, index = unit.name.rpartition(".transformer_blocks.")
+            layers.setdefault(module, []).append(int(index))
+            continue
+        parent, key = _parent(unet, unit.name)
+        original = parent[int(key)] if isinstance(parent, nn.ModuleList) else getattr(parent, key)
+        _set(parent, key, _stand_in(unit, original))
+    for module_name, indices in layers.items():
+        t2d = unet.get_submodule(module_name)
+        for index in sorted(indices, reverse=True):
+            del t2d.transformer_blocks[index]
+        if len(t2d.transformer_blocks) == 0:
+            parent, key = _parent(unet, module_name)
+            _set(parent, key, SkippedTransformer())
+    mid = unet.mid_block
+    if mid is not None and all(isinstance(m, (SkippedResnet, SkippedTransformer))
+                               for m in [*mid.resnets, *(getattr(mid, "attentions", None) or [])]):
+        unet.mid_block = None
+    return unet
+
+
+def is_skipped(module: nn.Module) -> bool:
+    return isinstance(module, (SkippedTransformer, SkippedResnet, SkippedUpResnet, SkippedLayer))
+
+
+def removed_modules(unet) -> list[str]:
+    """Module paths of the stand-ins in ``unet`` (what :func:`remove_units` replaced), plus ``mid_block`` if it
+    was dropped while the configuration still names one."""
+    names = [name for name, m in unet.named_modules() if is_skipped(m)]
+    if unet.mid_block is None and unet.config.get("mid_block_type") is not None:
+        names.append("mid_block")
+    return names

@@ -1,0 +1,188 @@
+"""Layer pruning: units, exact knapsack, surgery (units really gone, identity units exact), save/load round trips,
+BK-SDM presets and the CLI's refusals."""
+
+import itertools
+import json
+import random
+
+import pytest
+import torch
+
+import diffprune
+from diffprune.archs import build_unet
+from diffprune.cli import main
+from diffprune.errors import DiffpruneError
+from diffprune.layers import (build_preset, enumerate_units, greedy_cover, knapsack_min_cover, remove_units,
+                              units_removed)
+from diffprune.layers.storage import is_layer_pruned_folder, load_unet, plain_config, save_unet
+from diffprune.measure import count_flops, unet_inputs
+
+
+def _brute_force(scores, costs, target):
+    best = None
+    for r in range(len(scores) + 1):
+        for subset in itertools.combinations(range(len(scores)), r):
+            if sum(costs[i] for i in subset) >= target:
+                value = sum(scores[i] for i in subset)
+                if best is None or value < best - 1e-12:
+                    best = value
+    return best
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_knapsack_matches_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randint(3, 9)
+    scores = [rng.random() for _ in range(n)]
+    costs = [rng.randint(1, 20) for _ in range(n)]
+    target = rng.randint(1, sum(costs))
+    chosen = knapsack_min_cover(scores, costs, target, bins=None)
+    assert sum(costs[i] for i in chosen) >= target
+    assert sum(scores[i] for i in chosen) == pytest.approx(_brute_force(scores, costs, target))
+    for rule in ("score", "ratio"):
+        greedy = greedy_cover(scores, costs, target, rule)
+        assert sum(costs[i] for i in greedy) >= target
+        assert sum(scores[i] for i in greedy) >= sum(scores[i] for i in chosen) - 1e-12
+
+
+def test_binned_knapsack_still_reaches_the_target():
+    rng = random.Random(0)
+    costs = [rng.randint(10**6, 5 * 10**7) for _ in range(40)]
+    scores = [rng.random() for _ in costs]
+    target = sum(costs) // 2
+    chosen = knapsack_min_cover(scores, costs, target, bins=500)
+    assert sum(costs[i] for i in chosen) >= target
+    with pytest.raises(DiffpruneError):
+        knapsack_min_cover(scores, costs, sum(costs) + 1)
+
+
+def test_sd15_units_and_removability():
+    unet = build_unet("sd15", device="meta")
+    units = enumerate_units(unet)
+    kinds = [u.kind for u in units]
+    assert kinds.count("attention") == 16 and kinds.count("resnet") + kinds.count("up_resnet") == 22
+    table = {u.name: u for u in units}
+    assert not table["down_blocks.1.resnets.0"].removable  # 320 -> 640
+    assert table["down_blocks.1.resnets.1"].removable
+    assert not table["up_blocks.3.resnets.0"].removable and table["up_blocks.3.resnets.1"].removable
+    assert table["up_blocks.0.resnets.0"].removable  # main path already 1280 wide
+    assert table["down_blocks.0.attentions.0"].params == 2_546_240
+    layers = enumerate_units(unet, "layer")
+    assert sum(u.kind == "layer" for u in layers) == 16
+
+
+def test_bk_sdm_presets_have_the_published_sizes():
+    unet = build_unet("sd15", device="meta")
+    assert sum(p.numel() for p in build_preset(unet, "bk-base").parameters()) == 579_384_964
+    assert sum(p.numel() for p in build_preset(unet, "bk-tiny").parameters()) == 323_384_964
+
+
+@pytest.fixture
+def pipe():
+    return diffprune.load("random:tiny-sdxl", seed=0)
+
+
+def _out(unet, resolution=64):
+    kwargs = unet_inputs(unet, resolution=resolution, batch=2)
+    with torch.no_grad():
+        return unet(**kwargs)[0]
+
+
+def test_removed_units_are_really_gone(pipe):
+    unet = pipe.unet
+    units = {u.name: u for u in enumerate_units(unet, "layer")}
+    names = ["down_blocks.1.attentions.0.transformer_blocks.1", "up_blocks.1.resnets.2", "mid_block.resnets.1"]
+    params = sum(p.numel() for p in unet.parameters())
+    kwargs = unet_inputs(unet, resolution=64, batch=1)
+    flops = count_flops(unet, **kwargs).total
+    remove_units(unet, names, units)
+    assert sum(p.numel() for p in unet.parameters()) == params - sum(units[n].params for n in names)
+    assert count_flops(unet, **kwargs).total == flops - sum(units[n].flops for n in names)
+    assert len(unet.down_blocks[1].attentions[0].transformer_blocks) == 1
+
+
+def _make_identity(module):
+    """Zero the output projections so the module's residual update is exactly zero."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if any(k in name for k in ("to_out.0", "ff.net.2", "conv2", "proj_out")):
+                p.zero_()
+
+
+@pytest.mark.parametrize("name", ["down_blocks.1.attentions.1.transformer_blocks.0", "down_blocks.1.resnets.1",
+                                  "up_blocks.1.attentions.0"])
+def test_removing_an_identity_unit_gives_exactly_the_original_output(pipe, name):
+    unet = pipe.unet
+    _make_identity(unet.get_submodule(name))
+    reference = _out(unet)
+    with units_removed(unet, [name]):
+        assert torch.equal(_out(unet), reference)
+    assert torch.equal(_out(unet), reference)
+
+
+def test_units_removed_restores_everything(pipe):
+    unet = pipe.unet
+    reference, state = _out(unet), {k: v.clone() for k, v in unet.state_dict().items()}
+    with units_removed(unet, ["down_blocks.2.attentions.0", "up_blocks.0.resnets.1"]):
+        assert not torch.equal(_out(unet), reference)
+    assert torch.equal(_out(unet), reference)
+    assert all(torch.equal(state[k], v) for k, v in unet.state_dict().items())
+
+
+def test_layer_removal_saves_as_a_plain_diffusers_unet(pipe, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    unet = pipe.unet
+    remove_units(unet, ["down_blocks.2.attentions.1.transformer_blocks.1",
+                        "up_blocks.0.attentions.2.transformer_blocks.0"])
+    assert plain_config(unet) is not None
+    reference = _out(unet)
+    assert save_unet(unet, tmp_path / "unet") == "diffusers"
+    loaded, info = UNet2DConditionModel.from_pretrained(tmp_path / "unet", output_loading_info=True)
+    assert all(not v for v in info.values()), info
+    assert torch.equal(_out(loaded.eval()), reference)
+
+
+def test_resnet_removal_round_trips_through_the_diffprune_format(pipe, tmp_path):
+    unet = pipe.unet
+    remove_units(unet, ["up_blocks.1.resnets.1", "down_blocks.2.attentions.0", "mid_block.resnets.0",
+                        "mid_block.resnets.1", "mid_block.attentions.0"])
+    assert unet.mid_block is None and plain_config(unet) is None
+    reference = _out(unet)
+    out = diffprune.save(pipe, tmp_path / "p")
+    assert is_layer_pruned_folder(out / "unet")
+    again = diffprune.load(out)
+    assert torch.equal(_out(again.unet), reference)
+    assert sum(p.numel() for p in again.unet.parameters()) == sum(p.numel() for p in unet.parameters())
+    assert torch.equal(_out(load_unet(out / "unet")), reference)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--ratio", "0.97"], "is not below the most that can be removed"),
+    (["--ratio", "0.3", "--criterion", "oracle"], "unknown criterion 'oracle'"),
+    (["--ratio", "1.5"], "ratio must be in [0, 1)"),
+    ([], "give exactly one of --ratio and --preset"),
+    (["--ratio", "0.3", "--preset", "bk-base"], "give exactly one of --ratio and --preset"),
+])
+def test_prune_layers_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    code = main(["prune-layers", "random:tiny-sd", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_layers_refuses_a_model_without_a_unet(tmp_path, tiny_sd_folder, capsys):
+    code = main(["prune-layers", str(tiny_sd_folder / "text_encoder"), "--out", str(tmp_path / "o"),
+                 "--ratio", "0.3"])
+    assert code == 2 and "prune-layers needs one" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_prune_layers_cli_writes_a_loadable_folder(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["prune-layers", "random:tiny-sd", "--out", str(out), "--ratio", "0.3", "--criterion", "magnitude",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert data["params_after"] <= 0.7 * data["params_before"]
+    loaded = diffprune.load(out)
+    assert sum(p.numel() for p in loaded.unet.parameters()) == data["params_after"]
