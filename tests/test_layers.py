@@ -186,3 +186,24 @@ def test_prune_layers_cli_writes_a_loadable_folder(tmp_path, capsys):
     assert data["params_after"] <= 0.7 * data["params_before"]
     loaded = diffprune.load(out)
     assert sum(p.numel() for p in loaded.unet.parameters()) == data["params_after"]
+
+
+def test_output_loss_and_the_additivity_report_mechanics():
+    from diffprune.layers import LayerCalibrationConfig, record_calibration, score_units
+    from diffprune.layers.additivity import additivity, random_sets
+    from diffprune.layers.criterion import output_loss
+    from diffprune.layers.units import removable_units
+
+    pipe = diffprune.load("shapes")
+    pipe.set_progress_bar_config(disable=True)
+    data = record_calibration(pipe, LayerCalibrationConfig(num_prompts=2, steps=4, timesteps=2, batch_size=2))
+    assert len(data.inputs) == 2 and data.inputs[0]["sample"].shape[0] == 2
+    units = removable_units(enumerate_units(pipe.unet, vae_scale_factor=4, text_length=16))[:8]
+    assert output_loss(pipe.unet, data, []) == 0.0
+    scores = {c: score_units(pipe, units, c, data) for c in ("output-loss", "magnitude")}
+    assert all(v > 0 for v in scores["output-loss"].values())
+    assert random_sets(units, 5, (2, 3), seed=1) == random_sets(units, 5, (2, 3), seed=1)
+    result = additivity(pipe.unet, data, units, scores, count=6, sizes=(1, 1))
+    # sets of one unit: the real loss is the single score itself, so output loss is perfectly additive
+    assert result.pearson("output-loss") == pytest.approx(1.0)
+    assert result.real == pytest.approx(result.summed["output-loss"])

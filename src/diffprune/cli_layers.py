@@ -24,6 +24,9 @@ def add_layer_commands(sub, add_source, positive_int) -> None:
                                                                              "output-loss)")
     p.add_argument("--granularity", choices=GRANULARITIES, default="block",
                    help="block: whole attention modules; layer: single transformer layers (default block)")
+    p.add_argument("--expressible", action="store_true",
+                   help="only remove transformer layers a plain diffusers config can describe (implies "
+                        "--granularity layer): unet/ then loads with UNet2DConditionModel.from_pretrained alone")
     p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
     p.add_argument("--calib-num-prompts", type=positive_int, default=16, help="calibration prompts (default 16)")
     p.add_argument("--calib-steps", type=positive_int, default=10, help="sampling steps per calibration run")
@@ -48,8 +51,10 @@ def _config(args):
     calibration = LayerCalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts,
                                          steps=args.calib_steps, timesteps=min(args.calib_timesteps, args.calib_steps),
                                          seed=args.seed)
+    granularity = "layer" if args.expressible else args.granularity
     return LayerPruningConfig(ratio=args.ratio, budget=args.budget, criterion=args.criterion,
-                              granularity=args.granularity, calibration=calibration, seed=args.seed)
+                              granularity=granularity, calibration=calibration, seed=args.seed,
+                              expressible=args.expressible)
 
 
 def run_layer_command(args, load) -> int:

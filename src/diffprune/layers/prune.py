@@ -26,8 +26,11 @@ class LayerPruningConfig:
     solver: str = "knapsack"
     calibration: LayerCalibrationConfig = field(default_factory=LayerCalibrationConfig)
     seed: int = 0
+    expressible: bool = False  # only units whose removal a plain diffusers config describes (see below)
 
     def __post_init__(self) -> None:
+        if self.expressible and self.granularity != "layer":
+            raise DiffpruneError("expressible selection works on transformer layers: use granularity 'layer'")
         if not 0 <= self.ratio < 1:
             raise DiffpruneError(f"ratio must be in [0, 1), got {self.ratio}")
         for name, allowed in (("budget", BUDGETS), ("criterion", CRITERIA), ("granularity", GRANULARITIES),
@@ -59,9 +62,17 @@ def _cost(unit: Unit, budget: str) -> int:
     return unit.params if budget == "params" else unit.flops
 
 
-def max_ratio(units: list[Unit], total: int, budget: str) -> float:
-    """The largest share of ``total`` the removable units hold."""
-    return sum(_cost(u, budget) for u in removable_units(units)) / total
+def expressible_units(unet, units: list[Unit]) -> list[Unit]:
+    """Transformer layers whose removal a plain ``UNet2DConditionModel`` config can describe: never the first
+    layer of a module (a module keeps at least one), never the mid block's nor those of the last down stage's
+    first module (diffusers gives the mid block that module's depth)."""
+    tied = []
+    if unet.mid_block is not None and getattr(unet.mid_block, "attentions", None):
+        tied.append("mid_block.")
+        if getattr(unet.down_blocks[-1], "attentions", None):
+            tied.append(f"down_blocks.{len(unet.down_blocks) - 1}.attentions.0.")
+    return [u for u in units if u.kind == "layer" and u.removable and not u.name.endswith(".transformer_blocks.0")
+            and not any(u.name.startswith(t) for t in tied)]
 
 
 def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, units: list[Unit] | None = None,
@@ -71,13 +82,14 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
     vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
     text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
     units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
-    candidates = removable_units(units)
+    candidates = expressible_units(unet, units) if config.expressible else removable_units(units)
     total = sum(p.numel() for p in unet.parameters()) if config.budget == "params" else \
         _unet_flops(unet, vae_factor, text_length)
-    limit = max_ratio(units, total, config.budget)
+    limit = sum(_cost(u, config.budget) for u in candidates) / total
     if config.ratio >= limit:
-        raise DiffpruneError(f"ratio {config.ratio} is not below the most that can be removed at "
-                             f"{config.granularity} granularity by {config.budget}: {limit:.3f}")
+        what = "expressible layers" if config.expressible else f"{config.granularity} granularity"
+        raise DiffpruneError(f"ratio {config.ratio} is not below the most that can be removed with {what} "
+                             f"by {config.budget}: {limit:.3f}")
     if config.criterion in ("output-loss", "taylor") and data is None:
         data = record_calibration(pipe, config.calibration, progress=progress)
     scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
