@@ -140,7 +140,12 @@ def test_layer_removal_saves_as_a_plain_diffusers_unet(pipe, tmp_path):
     assert save_unet(unet, tmp_path / "unet") == "diffusers"
     loaded, info = UNet2DConditionModel.from_pretrained(tmp_path / "unet", output_loading_info=True)
     assert all(not v for v in info.values()), info
-    assert torch.equal(_out(loaded.eval()), reference)
+    state = loaded.state_dict()
+    assert state.keys() == unet.state_dict().keys()
+    assert all(torch.equal(v, state[k]) for k, v in unet.state_dict().items())
+    # bit-identical weights; diffusers' own save/load of an unpruned U-Net moves outputs by ~1e-6 (the loaded
+    # tensors take other CPU kernel paths), so the output is compared at that precision
+    assert torch.allclose(_out(loaded.eval()), reference, rtol=0, atol=1e-5)
 
 
 def test_resnet_removal_round_trips_through_the_diffprune_format(pipe, tmp_path):
