@@ -115,3 +115,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
 
 def atomic_write_text(path: str | os.PathLike, text: str, **kwargs) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), **kwargs)
+
+
+def check_pipeline_outputs(out: str | os.PathLike, json_path: str | os.PathLike | None, *, overwrite: bool,
+                           protect: Iterable[str | os.PathLike | None]) -> None:
+    """Before a long run that writes a pipeline folder (and maybe a JSON summary): check both paths."""
+    protect = list(protect)
+    check_output_dir(out, overwrite=overwrite, protect=protect, marker="model_index.json")
+    if json_path:
+        check_output_file(json_path, protect=protect)

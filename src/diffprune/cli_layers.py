@@ -59,7 +59,7 @@ def _config(args):
 
 def run_layer_command(args, load) -> int:
     from diffprune import save
-    from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
+    from diffprune._fs import atomic_write_text, check_pipeline_outputs
     from diffprune.errors import DiffpruneError
     from diffprune.io import input_folder
     from diffprune.layers import build_preset, prune
@@ -67,9 +67,7 @@ def run_layer_command(args, load) -> int:
 
     inputs = [args.source, args.config, args.calib_prompts]
     config = _config(args)  # every option checked before the (possibly long) load
-    check_output_dir(args.out, overwrite=args.overwrite, protect=inputs, marker="model_index.json")
-    if args.json:
-        check_output_file(args.json, protect=inputs)
+    check_pipeline_outputs(args.out, args.json, overwrite=args.overwrite, protect=inputs)
     pipe = load(args)
     if type(getattr(pipe, "unet", None)).__name__ != "UNet2DConditionModel":
         raise DiffpruneError(f"{args.source} is not a pipeline with a UNet2DConditionModel; prune-layers needs one")

@@ -128,7 +128,7 @@ def _load(args):
 
 def _prune_weights(args) -> int:
     from diffprune import save
-    from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
+    from diffprune._fs import atomic_write_text, check_pipeline_outputs
     from diffprune.io import input_folder
     from diffprune.measure import disk_usage
     from diffprune.report import to_jsonable
@@ -137,9 +137,7 @@ def _prune_weights(args) -> int:
 
     inputs = [args.source, args.config, args.calib_prompts]
     recipe = _recipe(args)  # every option checked before the (possibly long) load
-    check_output_dir(args.out, overwrite=args.overwrite, protect=inputs, marker="model_index.json")
-    if args.json:
-        check_output_file(args.json, protect=inputs)
+    check_pipeline_outputs(args.out, args.json, overwrite=args.overwrite, protect=inputs)
     calibration = _calibration(args)
     pipe = _load(args)
     check_recipe(pipe, recipe)  # components present, N:M widths fit: still nothing written
