@@ -209,6 +209,69 @@ def test_output_loss_and_the_additivity_report_mechanics():
     assert all(v > 0 for v in scores["output-loss"].values())
     assert random_sets(units, 5, (2, 3), seed=1) == random_sets(units, 5, (2, 3), seed=1)
     result = additivity(pipe.unet, data, units, scores, count=6, sizes=(1, 1))
-    # sets of one unit: the real loss is the single score itself, so output loss is perfectly additive
+    # mechanics: for sets of one unit the real loss is the single score itself
     assert result.pearson("output-loss") == pytest.approx(1.0)
     assert result.real == pytest.approx(result.summed["output-loss"])
+    # for pairs the real loss is measured, not summed: it differs from the sum (units interact)
+    pairs = additivity(pipe.unet, data, units, scores, count=4, sizes=(2, 2), seed=3)
+    assert all(len(s) == 2 for s in pairs.sets) and all(r > 0 for r in pairs.real)
+    assert pairs.real != pytest.approx(pairs.summed["output-loss"], rel=1e-6)
+
+
+def test_non_finite_scores_are_refused():
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(DiffpruneError, match="not finite"):
+            knapsack_min_cover([bad, 1.0], [10, 1], 5)
+
+
+def test_pruning_twice_works_on_the_already_pruned_unet(pipe, tmp_path):
+    from diffprune.layers import LayerPruningConfig, prune
+
+    first = prune(pipe, LayerPruningConfig(ratio=0.2, criterion="magnitude"))
+    second = prune(pipe, LayerPruningConfig(ratio=0.2, criterion="magnitude"))
+    assert not set(first.removed) & set(second.removed)
+    assert second.params_before == first.params_after and second.params_after < second.params_before
+    out = diffprune.save(pipe, tmp_path / "p")
+    again = diffprune.load(out)
+    third = prune(again, LayerPruningConfig(ratio=0.1, criterion="random"))
+    assert third.params_after < third.params_before
+
+
+def test_a_module_emptied_at_layer_granularity_keeps_what_was_scored(pipe, tmp_path):
+    unet = pipe.unet
+    names = [f"up_blocks.1.attentions.0.transformer_blocks.{k}" for k in range(2)]
+    with units_removed(unet, names):
+        scored = _out(unet)
+    remove_units(unet, names)
+    assert torch.equal(_out(unet), scored)
+    assert plain_config(unet) is not None  # depth 0 is a valid diffusers configuration
+    save_unet(unet, tmp_path / "unet")
+    from diffusers import UNet2DConditionModel
+
+    loaded = UNet2DConditionModel.from_pretrained(tmp_path / "unet").eval()
+    assert torch.allclose(_out(loaded), scored, rtol=0, atol=1e-5)
+
+
+def test_bk_copy_rule_takes_the_teachers_last_up_pair():
+    teacher = diffprune.load("random:tiny-sd", seed=0).unet
+    student = build_preset(teacher, "bk-base")
+    t, s = teacher.state_dict(), student.state_dict()
+    for stage in range(len(student.up_blocks)):
+        key = f"up_blocks.{stage}.resnets.1.conv1.weight"
+        last = len(teacher.up_blocks[stage].resnets) - 1
+        assert torch.equal(s[key], t[f"up_blocks.{stage}.resnets.{last}.conv1.weight"])
+        assert not torch.equal(s[key], t[f"up_blocks.{stage}.resnets.1.conv1.weight"]) or last == 1
+    assert torch.equal(s["down_blocks.0.resnets.0.conv1.weight"], t["down_blocks.0.resnets.0.conv1.weight"])
+
+
+def test_presets_follow_per_module_depths():
+    from diffprune.layers.presets import preset_config
+
+    config = dict(build_unet("sdxl", device="meta").config)
+    config["transformer_layers_per_block"] = [1, [2, 2], [10, 4]]
+    config["reverse_transformer_layers_per_block"] = [[10, 4, 6], [2, 2, 2], [1, 1, 1]]
+    student = preset_config(config, "bk-base")
+    assert student["transformer_layers_per_block"] == [1, [2], [10]]
+    assert student["reverse_transformer_layers_per_block"] == [[10, 6], [2, 2], [1, 1]]
+    with pytest.raises(DiffpruneError, match="share a width"):
+        preset_config(dict(build_unet("sdxl", device="meta").config), "bk-tiny")

@@ -15,9 +15,9 @@ def test_measure_reports_the_mean_over_the_schedule(tmp_path, capsys):
     assert main(["measure", "random:tiny-sdxl", "--tokens", "atedm:ratio=0.5,tau=0.3", "--steps", "10",
                  "--json", str(pruned)]) == 0
     out = capsys.readouterr().out
-    assert "mean over 10 steps" in out and "tokens atedm:ratio=0.5,tau=0.3" in out
+    assert "U-Net calls of a 10-step schedule" in out and "tokens atedm:ratio=0.5,tau=0.3" in out
     b, p = json.loads(base.read_text()), json.loads(pruned.read_text())
-    assert p["steps"] == 10 and len(p["unet_tflops_per_step"]) == 10
+    assert p["steps"] == 10 and len(p["unet_tflops_per_step"]) == p["unet_calls"] == 10
     assert p["unet_tflops"] == pytest.approx(sum(p["unet_tflops_per_step"]) / 10, rel=1e-9)
     assert b["unet_tflops_per_step"] == [b["unet_tflops"]] * 10
     assert max(p["unet_tflops_per_step"]) < b["unet_tflops"]
@@ -36,13 +36,16 @@ def test_generate_writes_one_grid_and_the_same_seed_gives_the_same_pixels(tmp_pa
     assert main([*args, "--out", str(tmp_path / "a.png"), "--overwrite"]) == 0
 
 
-def test_eval_with_tokens_writes_metrics(tmp_path, capsys):
-    out = tmp_path / "m.json"
-    assert main(["eval", "shapes", "--prompts", "4", "--steps", "4", "--tokens", "tome:ratio=0.5",
-                 "--json", str(out)]) == 0
-    metrics = json.loads(out.read_text())["metrics"] if "metrics" in json.loads(out.read_text()) \
-        else json.loads(out.read_text())
-    assert metrics["n_images"] == 4 and 0 <= metrics["accuracy_all"] <= 1
+def test_eval_with_tokens_applies_them(tmp_path, capsys):
+    def fd(extra):
+        out = tmp_path / f"m{len(extra)}.json"
+        assert main(["eval", "shapes", "--prompts", "4", "--steps", "4", *extra, "--json", str(out)]) == 0
+        data = json.loads(out.read_text())
+        metrics = data.get("metrics", data)
+        assert metrics["n_images"] == 4
+        return metrics["fd"]
+
+    assert fd(["--tokens", "atedm:ratio=0.6"]) != fd([])
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -89,12 +89,13 @@ def test_pipeline_calls_are_deterministic_with_cfg_and_batch_two(pipe, spec):
     tokens.apply(pipe, tokens.parse_spec(spec))
     try:
         first, second = _images(pipe), _images(pipe)
-        other_seed = _images(pipe, generator=[torch.Generator().manual_seed(s) for s in (5, 6)])
+        alone = _images(pipe, prompt=["a blue square"], generator=[torch.Generator().manual_seed(1)])
     finally:
         tokens.remove(pipe)
     assert first.shape == (2, 3, 64, 64)
     assert torch.equal(first, second)
-    assert not torch.equal(first, other_seed)
+    # a sample's image does not depend on what else is in the batch
+    assert torch.allclose(alone[0], first[1], atol=1e-4)
 
 
 def test_random_pruning_depends_on_its_seed(pipe):

@@ -201,7 +201,8 @@ def _cmd_measure(args) -> int:
           + (f", tokens {m.tokens}" if m.tokens else ""))
     _print_params(m.params)
     print("  FLOPs per call (attention included):")
-    per = f", mean over {m.steps} steps" if m.steps else ""
+    per = (f", mean over the {len(m.unet_tflops_per_step)} U-Net calls of a {m.steps}-step schedule"
+           if m.steps else "")
     print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f}{per})")
     for name, f in m.text_encoder_flops.items():
         print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")

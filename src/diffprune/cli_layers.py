@@ -28,7 +28,7 @@ def add_layer_commands(sub, add_source, positive_int) -> None:
                    help="only remove transformer layers a plain diffusers config can describe (implies "
                         "--granularity layer): unet/ then loads with UNet2DConditionModel.from_pretrained alone")
     p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
-    p.add_argument("--calib-num-prompts", type=positive_int, default=16, help="calibration prompts (default 16)")
+    p.add_argument("--calib-num-prompts", type=positive_int, default=16, help="calibration prompts used, the first N of the file or the testbed's (default 16)")
     p.add_argument("--calib-steps", type=positive_int, default=10, help="sampling steps per calibration run")
     p.add_argument("--calib-timesteps", type=positive_int, default=5, help="recorded steps per prompt (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of random scores and calibration noise")

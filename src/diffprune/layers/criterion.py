@@ -166,9 +166,9 @@ def taylor_scores(pipe, data: CalibrationSet, units: Sequence[Unit], seed: int =
         p.grad = None
     try:
         for x, (start, stop) in zip(data.inputs, data.rows):
-            x0 = data.final_latents[start:stop].to(x["sample"].dtype)
+            x0 = data.final_latents[start:stop].to(device=x["sample"].device, dtype=x["sample"].dtype)
             t = x["timestep"].long()
-            noise = torch.randn(x0.shape, generator=gen).to(x0.dtype)
+            noise = torch.randn(x0.shape, generator=gen).to(device=x0.device, dtype=x0.dtype)
             noisy = scheduler.add_noise(x0, noise, t)
             if scheduler.config.get("prediction_type", "epsilon") == "v_prediction":
                 target = scheduler.get_velocity(x0, noise, t)

@@ -32,14 +32,28 @@ def preset_config(config: dict, preset: str) -> dict:
         raise DiffpruneError("BK-SDM presets need a U-Net with two layers per block")
     student = {k: v for k, v in config.items() if not k.startswith("_")}
     student["layers_per_block"] = 1
+    # per-module depths: the student's modules are the teacher's first (down) and first and last (up)
+    depths = student.get("transformer_layers_per_block")
+    if isinstance(depths, (list, tuple)) and any(isinstance(d, (list, tuple)) for d in depths):
+        student["transformer_layers_per_block"] = [[d[0]] if isinstance(d, (list, tuple)) else d for d in depths]
+    reverse = student.get("reverse_transformer_layers_per_block")
+    if reverse:
+        student["reverse_transformer_layers_per_block"] = [[r[0], r[-1]] for r in reverse]
     if preset in ("bk-small", "bk-tiny"):
         student["mid_block_type"] = None
     if preset == "bk-tiny":
         if len(config["down_block_types"]) < 3:
             raise DiffpruneError("bk-tiny needs a U-Net with at least three stages")
+        widths = list(config["block_out_channels"])
+        if widths[-1] != widths[-2]:
+            raise DiffpruneError(f"bk-tiny needs the two innermost stages to share a width; this U-Net has "
+                                 f"{widths[-2]} and {widths[-1]}")
         student["down_block_types"] = list(config["down_block_types"])[:-1]
         student["up_block_types"] = list(config["up_block_types"])[1:]
         student["block_out_channels"] = list(config["block_out_channels"])[:-1]
+        reverse = student.get("reverse_transformer_layers_per_block")
+        if reverse:
+            student["reverse_transformer_layers_per_block"] = list(reverse)[1:]
         for key in ("transformer_layers_per_block", "attention_head_dim", "num_attention_heads",
                     "only_cross_attention", "cross_attention_dim"):
             value = student.get(key)

@@ -64,13 +64,13 @@ def _cost(unit: Unit, budget: str) -> int:
 
 def expressible_units(unet, units: list[Unit]) -> list[Unit]:
     """Transformer layers whose removal a plain ``UNet2DConditionModel`` config can describe: never the first
-    layer of a module (a module keeps at least one), never the mid block's nor those of the last down stage's
-    first module (diffusers gives the mid block that module's depth)."""
+    layer of a module (a module keeps at least one) and, when the last down stage has attention, neither the
+    mid block's nor those of that stage's first module (diffusers gives the mid block that module's depth).
+    SD-1.x/2.x have one layer per module, so nothing of theirs qualifies."""
     tied = []
-    if unet.mid_block is not None and getattr(unet.mid_block, "attentions", None):
-        tied.append("mid_block.")
-        if getattr(unet.down_blocks[-1], "attentions", None):
-            tied.append(f"down_blocks.{len(unet.down_blocks) - 1}.attentions.0.")
+    if (unet.mid_block is not None and getattr(unet.mid_block, "attentions", None)
+            and getattr(unet.down_blocks[-1], "attentions", None)):
+        tied += ["mid_block.", f"down_blocks.{len(unet.down_blocks) - 1}.attentions.0."]
     return [u for u in units if u.kind == "layer" and u.removable and not u.name.endswith(".transformer_blocks.0")
             and not any(u.name.startswith(t) for t in tied)]
 

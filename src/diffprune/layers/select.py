@@ -24,6 +24,8 @@ def _binned(costs: Sequence[int], target: int, bins: int | None) -> tuple[list[i
 
 
 def _check(scores, costs, target) -> None:
+    if any(not math.isfinite(v) for v in scores):
+        raise DiffpruneError("a unit's score is not finite (NaN or inf); cannot choose by it")
     if len(scores) != len(costs):
         raise DiffpruneError("scores and costs differ in length")
     if any(c < 0 for c in costs):
@@ -58,11 +60,15 @@ def knapsack_min_cover(scores: Sequence[float], costs: Sequence[int], target: in
                 new[reach], parent[reach] = value + score, c
         parents.append(parent)
         best = new
+    if best[cap] == inf:
+        raise DiffpruneError("no set of the removable units reaches the target")
     chosen, c = [], cap
     for i in range(len(scores) - 1, -1, -1):
         if parents[i][c] >= 0:
             chosen.append(i)
             c = parents[i][c]
+    if sum(costs[i] for i in chosen) < target:  # cannot happen with floor/ceil binning; never return a short set
+        raise DiffpruneError("internal error: the chosen set misses the target")
     return sorted(chosen)
 
 

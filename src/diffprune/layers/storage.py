@@ -89,8 +89,9 @@ def save_unet(unet, folder: str | Path) -> str:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.iterdir():
-        stale.unlink()
+    for stale in folder.iterdir():  # what a dense save of the U-Net put there
+        if stale.is_file() and (stale.suffix in (".safetensors", ".bin", ".json")):
+            stale.unlink()
     config = plain_config(unet)
     if config is not None:
         with torch.device("meta"):
@@ -139,21 +140,31 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None):
         raise DiffpruneError(f"cannot read the layer-pruned U-Net in {folder}: {e}") from None
     if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
         raise DiffpruneError(f"{folder / MARKER} is not a {FORMAT} file this diffprune can read")
-    unet = UNet2DConditionModel.from_config(config)
-    # removing the highest layer indices first keeps the saved (renumbered) names valid
-    names = sorted(meta.get("removed", []), key=lambda n: [int(p) if p.isdigit() else p for p in n.split(".")],
-                   reverse=True)
-    remove_units(unet, names)
+    try:
+        with torch.device("meta"):  # no weights allocated until the saved ones are assigned
+            unet = UNet2DConditionModel.from_config(config)
+        remove_units(unet, meta.get("removed", []))
+    except DiffpruneError:
+        raise
+    except Exception as e:
+        raise DiffpruneError(f"{folder}: the configuration or the removal list does not describe a U-Net: {e}") \
+            from None
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise DiffpruneError(f"{folder} has no safetensors weights")
     state = {}
     for f in files:
         state.update(load_file(f))
-    missing, unexpected = unet.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = unet.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:
+        raise DiffpruneError(f"{folder}: weights do not fit the layer-pruned structure: "
+                             f"{str(e).splitlines()[0]}") from None
     if missing or unexpected:
         raise DiffpruneError(f"{folder}: weights do not match the layer-pruned structure "
                              f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    if any(t.device.type == "meta" for t in [*unet.parameters(), *unet.buffers()]):
+        raise DiffpruneError(f"{folder}: some tensors of the U-Net are not in its weight files")
     if dtype is not None:
         unet.to(dtype)
     return unet.eval().requires_grad_(False)

@@ -2,7 +2,8 @@
 
 A removed ``Transformer2DModel`` or ResNet is replaced by a parameter-free stand-in that passes its input on
 (an up-block ResNet passes on the main path and drops its skip); a removed transformer layer is deleted from
-its module's list, so the module simply runs fewer layers. A mid block whose every unit is gone is dropped.
+its module's list, so the module simply runs fewer layers (with none left, it still applies its norm and
+projections, as when the layers were scored). A mid block whose every unit is gone is dropped.
 """
 
 from __future__ import annotations
@@ -114,8 +115,8 @@ def units_removed(unet, names, units: dict[str, Unit] | None = None):
 
 
 def remove_units(unet, names, units: dict[str, Unit] | None = None):
-    """Remove ``names`` from ``unet`` for good (in place) and return it. Layers are deleted from their list; a
-    module left with no layers, and a mid block left with no units, go as a whole."""
+    """Remove ``names`` from ``unet`` for good (in place) and return it. Layers are deleted from their list;
+    a mid block left with no units goes as a whole."""
     chosen = _check(unet, names, units)
     layers: dict[str, list[int]] = {}
     for unit in chosen:
@@ -130,9 +131,7 @@ def remove_units(unet, names, units: dict[str, Unit] | None = None):
         t2d = unet.get_submodule(module_name)
         for index in sorted(indices, reverse=True):
             del t2d.transformer_blocks[index]
-        if len(t2d.transformer_blocks) == 0:
-            parent, key = _parent(unet, module_name)
-            _set(parent, key, SkippedTransformer())
+        # a module left with no layers keeps its norm and projections: exactly what was scored
     mid = unet.mid_block
     if mid is not None and all(isinstance(m, (SkippedResnet, SkippedTransformer))
                                for m in [*mid.resnets, *(getattr(mid, "attentions", None) or [])]):

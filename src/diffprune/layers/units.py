@@ -66,10 +66,14 @@ def enumerate_units(unet, granularity: str = "block", resolution: int | None = N
     flops = unit_flops(unet, resolution, vae_scale_factor, text_length)
     units: list[Unit] = []
 
+    from .surgery import is_skipped
+
     def add(name: str, kind: str, module, removable: bool = True, reason: str = "") -> None:
         units.append(Unit(name, kind, _params(module), int(flops.get(name, 0)), removable, reason))
 
     def add_attention(prefix: str, t2d) -> None:
+        if is_skipped(t2d):  # removed earlier: nothing left to remove
+            return
         if granularity == "block":
             add(prefix, "attention", t2d)
         else:
@@ -79,6 +83,10 @@ def enumerate_units(unet, granularity: str = "block", resolution: int | None = N
     def add_pairs(prefix: str, block, up: bool, main_width: int | None) -> int | None:
         attentions = list(getattr(block, "attentions", None) or [])
         for j, resnet in enumerate(block.resnets):
+            if is_skipped(resnet):  # removed earlier; an up stand-in passes its main path on unchanged
+                if j < len(attentions):
+                    add_attention(f"{prefix}.attentions.{j}", attentions[j])
+                continue
             c_in, c_out = _resnet_channels(resnet)
             name = f"{prefix}.resnets.{j}"
             if up:
@@ -100,6 +108,10 @@ def enumerate_units(unet, granularity: str = "block", resolution: int | None = N
         mid = unet.mid_block
         attentions = list(getattr(mid, "attentions", None) or [])
         for j, resnet in enumerate(mid.resnets):
+            if is_skipped(resnet):
+                if j < len(attentions):
+                    add_attention(f"mid_block.attentions.{j}", attentions[j])
+                continue
             c_in, c_out = _resnet_channels(resnet)
             add(f"mid_block.resnets.{j}", "resnet", resnet, c_in == c_out,
                 "" if c_in == c_out else f"changes channels {c_in} -> {c_out}")

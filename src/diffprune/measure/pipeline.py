@@ -27,8 +27,8 @@ class PipelineMeasurement:
     unet_latency: LatencyStats | None = None
     source: str | None = None
     tokens: str | None = None          # token pruning spec applied to the U-Net, if any
-    steps: int | None = None           # unet_flops is the mean over this many sampling steps
-    unet_tflops_per_step: list[float] | None = None
+    steps: int | None = None           # unet_flops is the mean over the U-Net calls of a schedule of this many steps
+    unet_tflops_per_step: list[float] | None = None  # one per U-Net call (some schedulers call it more than steps)
 
     def to_json(self) -> dict:
         """Flat headline keys (``unet_params``, ``unet_tflops``, ...) plus the full detail under ``detail``."""
@@ -42,6 +42,7 @@ class PipelineMeasurement:
         if self.steps is not None:
             out["tokens"], out["steps"] = self.tokens, self.steps
             out["unet_tflops_per_step"] = self.unet_tflops_per_step
+            out["unet_calls"] = len(self.unet_tflops_per_step or [])
         out["unet_attention_tflops"] = self.unet_flops.attention / 1e12
         for name, flops in self.text_encoder_flops.items():
             out[f"{name}_tflops"] = flops.tflops
@@ -107,9 +108,8 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
     if steps is not None:
         schedule = token_pruning.schedule_flops(pipe, steps, resolution=resolution, batch=batch,
                                                 vae_scale_factor=factor, text_length=text_length)
-        n = len(schedule.per_step)
-        unet_flops = FlopCount(total=round(sum(f.total for f in schedule.per_step) / n),
-                               attention=round(sum(f.attention for f in schedule.per_step) / n))
+        unet_flops = FlopCount(total=round(schedule.mean_tflops * 1e12),
+                               attention=round(schedule.mean_attention_tflops * 1e12))
         per_step = [f.tflops for f in schedule.per_step]
     else:
         unet_flops = count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=batch,

@@ -61,7 +61,12 @@ class MapProcessor:
         attention = torch.empty(batch, n_query, n_key, dtype=torch.float32, device=query.device)
         for start in range(0, n_query, rows):
             stop = min(start + rows, n_query)
-            probs = torch.matmul(query[:, :, start:stop], key_t).float().softmax(-1)
+            q = query[:, :, start:stop]
+            if attn.upcast_attention:  # as diffusers does for SD-2.x: fp16 logits can overflow
+                logits = torch.matmul(q.float(), key_t.float())
+            else:
+                logits = torch.matmul(q, key_t)
+            probs = logits.float().softmax(-1)
             out[:, :, start:stop] = torch.matmul(probs.to(value.dtype), value)
             torch.sum(probs, 1, out=attention[:, start:stop])
         attention.div_(heads)

@@ -116,6 +116,8 @@ def _convert(name: str, text: str):
         if text.lower() in ("all", "none"):
             return None
         return tuple(int(v) for v in text.split("+"))
+    if name in ("early_ratio", "chunk") and text.lower() in ("auto", "none", "default"):
+        return None
     if name in ("ratio", "tau", "early_ratio"):
         return float(text)
     if name in ("iterations", "stride", "seed", "chunk"):
@@ -143,5 +145,5 @@ def parse_spec(spec: str) -> TokenPruningConfig:
 
 def with_ratio(config: TokenPruningConfig, ratio: float) -> TokenPruningConfig:
     """The same configuration at another ratio (the early-phase ratio scales with it)."""
-    early = None if config.early_ratio is None else config.early_ratio * ratio / max(config.ratio, 1e-12)
+    early = None if config.early_ratio is None else min(0.99, config.early_ratio * ratio / max(config.ratio, 1e-12))
     return replace(config, ratio=ratio, early_ratio=early)

@@ -64,13 +64,13 @@ def pruned_layer_forward(layer, site, hidden_states, attention_mask=None, encode
     return feed_forward(layer, kept)
 
 
-def tome_layer_forward(layer, site, hidden_states, attention_mask=None, encoder_hidden_states=None,
+def tome_layer_forward(layer, site, layer_index, hidden_states, attention_mask=None, encoder_hidden_states=None,
                        encoder_attention_mask=None, timestep=None, cross_attention_kwargs=None,
                        class_labels=None, added_cond_kwargs=None):
     """ToMe: merge similar tokens (cosine on the layer input) before self-attention and copy the merged
     outputs back after it; with ``merge`` = ``self+cross`` / ``all`` the same matching also wraps
     cross-attention / the feed-forward, otherwise they see every token."""
-    matching = site.tome_matching(layer, hidden_states)
+    matching = site.tome_matching(layer_index, hidden_states)
     if matching is None:
         return type(layer).forward(layer, hidden_states, attention_mask, encoder_hidden_states,
                                    encoder_attention_mask, timestep, cross_attention_kwargs, class_labels,

@@ -16,7 +16,7 @@ from .schedule import ratio_for
 class ScheduleFlops:
     """U-Net FLOPs per call at each step of an ``steps``-step schedule, and their mean."""
 
-    timesteps: list[int]
+    timesteps: list[float]   # one entry per U-Net call of the schedule (some schedulers call more than steps)
     per_step: list[FlopCount]
 
     @property
@@ -28,14 +28,14 @@ class ScheduleFlops:
         return sum(f.attention for f in self.per_step) / len(self.per_step) / 1e12
 
 
-def schedule_timesteps(target, steps: int) -> list[int]:
+def schedule_timesteps(target, steps: int) -> list[float]:
     """The timesteps a pipeline's scheduler visits in ``steps`` steps (DDIM's if ``target`` is a bare U-Net)."""
     from diffusers import DDIMScheduler
 
     scheduler = getattr(target, "scheduler", None)
     scheduler = type(scheduler).from_config(scheduler.config) if scheduler is not None else DDIMScheduler()
     scheduler.set_timesteps(steps)
-    return [int(t) for t in scheduler.timesteps]
+    return [float(t) for t in scheduler.timesteps]
 
 
 def _geometry(target, vae_scale_factor, text_length) -> tuple[int, int]:
@@ -62,9 +62,9 @@ def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_s
     per_step = []
     for t in timesteps:
         key = () if patch is None else tuple(
-            ratio_for(s.info, patch.config, float(t), patch.runtime.num_train_timesteps) for s in patch.runtime.sites)
+            ratio_for(s.info, patch.config, t, patch.runtime.num_train_timesteps) for s in patch.runtime.sites)
         if key not in cache:
-            with at_timestep(unet, float(t)):
+            with at_timestep(unet, t):
                 cache[key] = count_flops(unet, **inputs)
         per_step.append(cache[key])
     return ScheduleFlops(timesteps=timesteps, per_step=per_step)

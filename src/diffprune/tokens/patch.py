@@ -58,14 +58,13 @@ class _Runtime:
 class _Site:
     """One attention block at run time: decides its ratio, prunes, and recovers before the next convolution."""
 
-    def __init__(self, site: AttentionSite, runtime: _Runtime, t2d):
+    def __init__(self, site: AttentionSite, runtime: _Runtime):
         self.info = site
         self.runtime = runtime
         self.self_map = MapRequest()
         self.cross_map = MapRequest()
         self.scores_cross = runtime.config.score == "cross"
         self.grid: tuple[int, int] | None = None
-        self.t2d = t2d
         self.pending_ratio = 0.0
         self.reset()
 
@@ -97,7 +96,9 @@ class _Site:
         batch, n, _ = x.shape
         keep = gwpr.kept_count(n, ratio)
         if config.method == "random":
-            scores = torch.rand(batch, n, generator=self.runtime.generator(self.info.index)).to(x.device)
+            # one draw shared by the batch, so a sample's result does not depend on its batch neighbours
+            draw = torch.rand(1, n, generator=self.runtime.generator(self.info.index))
+            scores = draw.to(x.device).expand(batch, -1)
         elif self.scores_cross:
             scores = gwpr.cross_entropy_scores(self.cross_map.take())
         else:
@@ -124,12 +125,11 @@ class _Site:
         self.pending = None
         return recovery.refill(at_prune, output, kept, pruned, source, self.runtime.config.copy)
 
-    def tome_matching(self, layer, x: torch.Tensor):
+    def tome_matching(self, layer_index: int, x: torch.Tensor):
         ratio = self.ratio()
         if ratio <= 0 or self.grid is None:
             return None
         height, width = self.grid
-        layer_index = next(i for i, b in enumerate(self.t2d.transformer_blocks) if b is layer)
         # one draw of destinations per call and layer, shared by the batch (CFG's two halves merge alike)
         generator = self.runtime.generator(self.info.index, layer_index)
         return bipartite_matching(x, height, width, ratio, self.runtime.config.stride, generator)
@@ -140,7 +140,7 @@ class _Patch:
     config: TokenPruningConfig
     runtime: _Runtime
     handles: list = field(default_factory=list)
-    forwards: list = field(default_factory=list)     # modules given an instance-level forward
+    forwards: list = field(default_factory=list)     # (module, its previous instance-level forward or None)
     processors: list = field(default_factory=list)   # attention modules whose processor was wrapped
 
 
@@ -187,16 +187,20 @@ def apply(target, config: TokenPruningConfig | None = None):
                 continue  # pruning after the only layer would save nothing
             for i, layer in enumerate(t2d.transformer_blocks):
                 check_layer(layer, f"{info.name}.transformer_blocks.{i}")
-            site = _Site(info, runtime, t2d)
+            site = _Site(info, runtime)
             runtime.sites.append(site)
             patch.handles.append(t2d.register_forward_pre_hook(site.record_grid, with_kwargs=True))
             layers = list(t2d.transformer_blocks)
             if placement == "tome":
-                for layer in layers:
-                    layer.forward = functools.partial(tome_layer_forward, layer, site)
-                    patch.forwards.append(layer)
+                for index, layer in enumerate(layers):
+                    patch.forwards.append((layer, layer.__dict__.get("forward")))
+                    layer.forward = functools.partial(tome_layer_forward, layer, site, index)
                 continue
             first = layers[0]
+            for attn in (first.attn1, first.attn2 if site.scores_cross else None):
+                if attn is not None and isinstance(attn.processor, torch.nn.Module):
+                    raise DiffpruneError(f"{info.name} uses the attention processor {type(attn.processor).__name__} "
+                                         "(e.g. an IP-Adapter); token pruning needs diffusers' standard processors")
             wrap_processor(first.attn1, site.self_map, config.chunk)
             patch.processors.append(first.attn1)
             if site.scores_cross and first.attn2 is not None:
@@ -206,8 +210,8 @@ def apply(target, config: TokenPruningConfig | None = None):
                 patch.handles.append(first.register_forward_pre_hook(site.before_first, with_kwargs=True))
                 patch.handles.append(first.register_forward_hook(site.after_first, with_kwargs=True))
             else:
+                patch.forwards.append((first, first.__dict__.get("forward")))
                 first.forward = functools.partial(pruned_layer_forward, first, site)
-                patch.forwards.append(first)
             patch.handles.append(layers[-1].register_forward_hook(site.after_last))
         patch.handles.insert(0, unet.register_forward_pre_hook(runtime.start_call, with_kwargs=True))
     except Exception:
@@ -220,8 +224,10 @@ def apply(target, config: TokenPruningConfig | None = None):
 def _undo(patch: _Patch) -> None:
     for handle in patch.handles:
         handle.remove()
-    for module in patch.forwards:
+    for module, previous in reversed(patch.forwards):
         module.__dict__.pop("forward", None)
+        if previous is not None:
+            module.forward = previous
     for attn in patch.processors:
         unwrap_processor(attn)
 
