@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         for criterion in CRITERIA:
             pipe = copy.deepcopy(base)
             config = LayerPruningConfig(ratio=ratio, criterion=criterion, granularity=args.granularity)
-            removed, _, _ = plan(pipe, config, data, units)
+            removed, _, _ = plan(pipe, config, data, units, scores=scores[criterion])  # scored once, above
             remove_units(pipe.unet, removed, {u.name: u for u in units})
             params = sum(p.numel() for p in pipe.unet.parameters())
             rows.append((f"{criterion} @ {ratio:.0%}", ratio, params, _flops(pipe.unet),

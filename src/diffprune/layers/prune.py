@@ -76,8 +76,9 @@ def expressible_units(unet, units: list[Unit]) -> list[Unit]:
 
 
 def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, units: list[Unit] | None = None,
-         progress: bool = False) -> tuple[list[str], dict[str, float], list[Unit]]:
-    """The units ``config`` would remove (without removing them), their scores, and all candidate units."""
+         progress: bool = False, scores: dict[str, float] | None = None) -> tuple[list[str], dict[str, float], list[Unit]]:
+    """The units ``config`` would remove (without removing them), their scores, and all candidate units.
+    ``scores`` (of ``config.criterion``, e.g. from an earlier call) skips scoring."""
     unet = pipe.unet
     vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
     text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
@@ -90,9 +91,10 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
         what = "expressible layers" if config.expressible else f"{config.granularity} granularity"
         raise DiffpruneError(f"ratio {config.ratio} is not below the most that can be removed with {what} "
                              f"by {config.budget}: {limit:.3f}")
-    if config.criterion in ("output-loss", "taylor") and data is None:
-        data = record_calibration(pipe, config.calibration, progress=progress)
-    scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
+    if scores is None:
+        if config.criterion in ("output-loss", "taylor") and data is None:
+            data = record_calibration(pipe, config.calibration, progress=progress)
+        scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
     target = int(round(config.ratio * total))
     picked = select([scores[u.name] for u in candidates], [_cost(u, config.budget) for u in candidates], target,
                     config.solver)

@@ -80,7 +80,7 @@ def _stand_in(unit: Unit, module: nn.Module) -> nn.Module:
 
 def _check(unet, names, units: dict[str, Unit] | None) -> list[Unit]:
     if units is None:
-        units = {u.name: u for g in ("block", "layer") for u in enumerate_units(unet, g)}
+        units = {u.name: u for g in ("block", "layer") for u in enumerate_units(unet, g, with_flops=False)}
     chosen = []
     for name in dict.fromkeys(names):
         unit = units.get(name)

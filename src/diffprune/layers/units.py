@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from diffprune.errors import DiffpruneError
 
 GRANULARITIES = ("block", "layer")
@@ -48,8 +50,6 @@ def unit_flops(unet, resolution: int | None = None, vae_scale_factor: int = 8, t
     kwargs = unet_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_scale_factor,
                          text_length=text_length)
     state = {name: _to_meta(t) for name, t in unet.state_dict(keep_vars=True).items()}
-    import torch
-
     with torch.no_grad(), flop_counter() as counter:
         functional_call(unet, state, (), _to_meta(kwargs), tie_weights=True, strict=False)
     prefix = type(unet).__name__ + "."
@@ -58,12 +58,12 @@ def unit_flops(unet, resolution: int | None = None, vae_scale_factor: int = 8, t
 
 
 def enumerate_units(unet, granularity: str = "block", resolution: int | None = None, vae_scale_factor: int = 8,
-                    text_length: int = 77) -> list[Unit]:
+                    text_length: int = 77, with_flops: bool = True) -> list[Unit]:
     """Every candidate unit of ``unet`` in forward order; ``granularity`` is ``block`` (whole attention modules)
-    or ``layer`` (single transformer layers)."""
+    or ``layer`` (single transformer layers). ``with_flops=False`` skips the FLOPs count (``flops`` is 0)."""
     if granularity not in GRANULARITIES:
         raise DiffpruneError(f"granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
-    flops = unit_flops(unet, resolution, vae_scale_factor, text_length)
+    flops = unit_flops(unet, resolution, vae_scale_factor, text_length) if with_flops else {}
     units: list[Unit] = []
 
     from .surgery import is_skipped
