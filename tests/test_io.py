@@ -11,8 +11,10 @@ from diffprune.archs import Family, detect_family
 
 
 def _saved_without(pipe, folder, unet_key):
-    """Save ``pipe`` and delete one tensor from the U-Net's weight file, as a damaged folder would."""
+    """Save ``pipe``, drop diffprune's manifest (a plain diffusers folder) and delete one tensor from the U-Net's
+    weight file, as a hand-edited folder would."""
     out = diffprune.save(pipe, folder)
+    (out / "diffprune.json").unlink()
     weights = out / "unet" / "diffusion_pytorch_model.safetensors"
     state = load_file(weights)
     state.pop(unet_key)

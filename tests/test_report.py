@@ -51,7 +51,7 @@ def test_report_refuses_a_non_empty_folder_before_any_work(tmp_path):
     report = Report(tmp_path / "r", title="new", overwrite=True)
     report.text("fresh")
     report.write()
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.md"]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["diffprune.json", "report.json", "report.md"]
     assert "fresh" in (tmp_path / "r" / "report.md").read_text()
     assert (tmp_path / "old.txt").read_text() == "keep"
 

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from diffprune.cli_source import add_source_options, load_source
+
 
 class _UsageError(Exception):
     pass
@@ -58,14 +60,6 @@ def _token_config(args):
     return parse_spec(args.tokens)
 
 
-def _add_source(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE",
-                   help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
-                        "testbed), or random:<arch> (sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
-    p.add_argument("--config", help="for single-file checkpoints: diffusers folder or Hub id with matching configs")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from diffprune import __version__
 
@@ -75,10 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("info", help="describe a model: family, components, parameters, files")
-    _add_source(p)
+    add_source_options(p)
 
     p = sub.add_parser("measure", help="parameters, FLOPs per call (attention included), optional latency")
-    _add_source(p)
+    add_source_options(p)
     p.add_argument("--resolution", type=_positive_int, help="image side in pixels (default: the model's own)")
     p.add_argument("--batch", type=_positive_int, default=1, help="batch size of each call (default 1)")
     p.add_argument("--latency", type=_positive_int, metavar="N",
@@ -89,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, metavar="N",
                    help="report U-Net FLOPs as the mean over an N-step schedule (default with --tokens: 20)")
     p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
 
     p = sub.add_parser("generate", help="generate images from prompts (optionally with run-time token pruning)")
-    _add_source(p)
+    add_source_options(p)
     p.add_argument("--prompt", action="append", required=True, help="a prompt (repeat for several images)")
     p.add_argument("--out", required=True, metavar="FILE.png",
                    help="image to write (several prompts: one grid, a row per prompt)")
@@ -104,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokens(p)
 
     p = sub.add_parser("eval", help="evaluate a pipeline: shapes (exact), fidelity, clip, pickscore, fid")
-    _add_source(p)
+    add_source_options(p)
     p.add_argument("--suite", default="shapes", choices=["shapes", "fidelity", "clip", "pickscore", "fid"])
     p.add_argument("--prompts", type=_positive_int, metavar="N", help="evaluate the first N prompts only")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (not for the shapes suite)")
@@ -117,15 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokens(p)
     p.add_argument("--json", metavar="FILE", help="write the metrics as JSON")
     p.add_argument("--report", metavar="DIR", help="write a report folder (metrics, image grids, per prompt)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report folder or JSON file")
 
     from diffprune.cli_weights import add_weight_commands
 
-    add_weight_commands(sub, _add_source, _positive_int, add_generation_options)
+    add_weight_commands(sub, add_source_options, _positive_int, add_generation_options)
 
     from diffprune.cli_layers import add_layer_commands
 
-    add_layer_commands(sub, _add_source, _positive_int)
+    add_layer_commands(sub, add_source_options, _positive_int)
 
     p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
@@ -146,19 +141,13 @@ def _print_params(params) -> None:
         print(f"  {name:<16}{c.class_name:<30}{c.params:>16,}{_fmt_count(c.nonzero):>16}  {c.dtype}")
 
 
-def _load(args, **kwargs):
-    from diffprune import load
-
-    return load(args.source, dtype=args.dtype, config=args.config, **kwargs)
-
-
 def _cmd_info(args) -> int:
     from torch import nn
 
     from diffprune.archs.family import detect_family
     from diffprune.measure import count_params, default_resolution, disk_usage
 
-    obj = _load(args, device="meta" if args.source.startswith("random:") else None)
+    obj = load_source(args, device="meta" if args.source.startswith("random:") else None)
     if isinstance(obj, nn.Module) and type(obj).__name__ != "UNet2DConditionModel":
         print(f"{args.source}: a {type(obj).__name__} component")
     else:
@@ -179,18 +168,18 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_measure(args) -> int:
-    from diffprune._fs import atomic_write_text, check_output_file
+    from diffprune._fs import atomic_write_text, check_outputs
     from diffprune.io import input_folder
     from diffprune.measure import measure_pipeline
     from diffprune.report import to_jsonable
 
-    if args.json:  # validated before the (possibly long) load, so a bad path costs nothing
-        check_output_file(args.json, protect=[args.source, args.config])
+    # validated before the (possibly long) load, so a bad path costs nothing
+    check_outputs(files={"--json": args.json}, overwrite=args.overwrite, protect=[args.source, args.config])
     token_config = _token_config(args)
     device = args.device
     if device is None and args.source.startswith("random:") and not args.latency:
         device = "meta"
-    pipe = _load(args, device=device)
+    pipe = load_source(args, device=device)
     if token_config is not None:
         from diffprune import tokens
 
@@ -213,7 +202,7 @@ def _cmd_measure(args) -> int:
         print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
     if args.json:
         atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
-                          protect=[args.source, args.config, input_folder(pipe)])
+                          overwrite=args.overwrite, protect=[args.source, args.config, input_folder(pipe)])
         print(f"  wrote {args.json}")
     return 0
 
@@ -223,20 +212,21 @@ def _cmd_generate(args) -> int:
 
     import torch
 
-    from diffprune._fs import atomic_write_bytes, check_output_file
+    from diffprune._fs import atomic_write_bytes, check_outputs
     from diffprune.errors import DiffpruneError
     from diffprune.evaluate.generate import image_size, to_pil
     from diffprune.io import input_folder
+    from diffprune.prompt_files import check_prompt
     from diffprune.report import image_grid_png
 
     out = Path(args.out).expanduser()
     if out.suffix.lower() != ".png":
         raise DiffpruneError(f"--out must name a .png file, got {args.out}")
-    if out.exists() and not args.overwrite:
-        raise DiffpruneError(f"{out} exists (pass --overwrite to replace it)")
-    check_output_file(out, protect=[args.source, args.config])
+    for i, prompt in enumerate(args.prompt):
+        check_prompt(prompt, f"--prompt #{i + 1}")
+    check_outputs(files={"--out": out}, overwrite=args.overwrite, protect=[args.source, args.config])
     token_config = _token_config(args)
-    pipe = _load(args, device=args.device)
+    pipe = load_source(args, device=args.device)
     if not hasattr(pipe, "scheduler"):
         raise DiffpruneError(f"{args.source} is not a pipeline; generate needs one")
     if token_config is not None:
@@ -252,7 +242,7 @@ def _cmd_generate(args) -> int:
                       height=side, width=side, generator=generators, output_type="pt").images
     seconds = time.perf_counter() - start
     png = image_grid_png(to_pil(images), columns=len(args.prompt) if len(args.prompt) <= 8 else 8)
-    atomic_write_bytes(out, png, protect=[args.source, args.config, input_folder(pipe)])
+    atomic_write_bytes(out, png, overwrite=args.overwrite, protect=[args.source, args.config, input_folder(pipe)])
     print(f"{args.source}: {len(args.prompt)} image(s) at {side}x{side}, {args.steps} steps, {seconds:.1f} s"
           + (f", tokens {token_config.spec()}" if token_config else "") + f"; wrote {out}")
     return 0
@@ -277,17 +267,15 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from diffprune._fs import atomic_write_text, check_output_dir, check_output_file
+    from diffprune._fs import atomic_write_text, check_outputs
     from diffprune.evaluate import EvalConfig, check_inputs, evaluate, write_report
     from diffprune.evaluate.generate import is_main_process, process_count, process_device
     from diffprune.io import input_folder
     from diffprune.report import fmt, to_jsonable
 
     inputs = [args.source, args.config, args.reference, args.prompts_file]
-    if args.json:  # checked before the (long) run, so a bad path costs nothing
-        check_output_file(args.json, protect=inputs)
-    if args.report:
-        check_output_dir(args.report, overwrite=args.overwrite, protect=inputs, marker="report.json")
+    # checked before the (long) run, so a bad path costs nothing
+    check_outputs({"--report": args.report}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     config = EvalConfig(suite=args.suite, prompts=args.prompts, prompts_file=args.prompts_file, seed=args.seed,
                         steps=args.steps, guidance_scale=args.guidance_scale, batch_size=args.batch_size,
                         reference=args.reference, clip_model=args.clip_model,
@@ -297,7 +285,7 @@ def _cmd_eval(args) -> int:
     check_inputs(config)  # before the (possibly long) load
     token_config = _token_config(args)
     device = process_device(args.device)
-    pipe = _load(args, device=device)
+    pipe = load_source(args, device=device)
     if token_config is not None:
         from diffprune import tokens
 
@@ -313,7 +301,8 @@ def _cmd_eval(args) -> int:
             print(f"  {key:<26}{fmt(value)}")
     protect = [*inputs, input_folder(pipe)]
     if args.json:
-        atomic_write_text(args.json, json.dumps(to_jsonable(result.to_json()), indent=2) + "\n", protect=protect)
+        atomic_write_text(args.json, json.dumps(to_jsonable(result.to_json()), indent=2) + "\n",
+                          overwrite=args.overwrite, protect=protect)
         print(f"  wrote {args.json}")
     if args.report:
         folder = write_report(result, args.report, source=args.source, overwrite=args.overwrite, protect=protect)
@@ -324,7 +313,7 @@ def _cmd_eval(args) -> int:
 def _cmd_layers(args) -> int:
     from diffprune.cli_layers import run_layer_command
 
-    return run_layer_command(args, _load)
+    return run_layer_command(args)
 
 
 def _cmd_weights(args) -> int:

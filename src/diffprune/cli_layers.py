@@ -16,7 +16,8 @@ def add_layer_commands(sub, add_source, positive_int) -> None:
     p = sub.add_parser("prune-layers", help="remove U-Net layers (one-shot criterion or BK-SDM preset); save")
     add_source(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier diffprune output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier diffprune output folder (and an existing --json file)")
     p.add_argument("--ratio", type=float, help="share of the U-Net to remove (by --budget)")
     p.add_argument("--preset", choices=PRESETS, help="handcrafted BK-SDM removal instead of a criterion")
     p.add_argument("--budget", choices=BUDGETS, default="params", help="what --ratio counts (default params)")
@@ -45,7 +46,7 @@ def _config(args):
         return None
     prompts = None
     if args.calib_prompts:
-        from diffprune.weights.calibrate import read_prompt_file
+        from diffprune.prompt_files import read_prompt_file
 
         prompts = read_prompt_file(args.calib_prompts)
     calibration = LayerCalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts,
@@ -57,9 +58,10 @@ def _config(args):
                               expressible=args.expressible)
 
 
-def run_layer_command(args, load) -> int:
+def run_layer_command(args) -> int:
     from diffprune import save
-    from diffprune._fs import atomic_write_text, check_pipeline_outputs
+    from diffprune._fs import atomic_write_text, check_outputs
+    from diffprune.cli_source import load_source
     from diffprune.errors import DiffpruneError
     from diffprune.io import input_folder
     from diffprune.layers import build_preset, prune
@@ -67,8 +69,8 @@ def run_layer_command(args, load) -> int:
 
     inputs = [args.source, args.config, args.calib_prompts]
     config = _config(args)  # every option checked before the (possibly long) load
-    check_pipeline_outputs(args.out, args.json, overwrite=args.overwrite, protect=inputs)
-    pipe = load(args)
+    check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
+    pipe = load_source(args)
     if type(getattr(pipe, "unet", None)).__name__ != "UNet2DConditionModel":
         raise DiffpruneError(f"{args.source} is not a pipeline with a UNet2DConditionModel; prune-layers needs one")
     before = sum(p.numel() for p in pipe.unet.parameters())
@@ -99,7 +101,7 @@ def run_layer_command(args, load) -> int:
                 "params_after": after, "out": str(out), "unet_format": kind}
         if config is not None:
             data.update(flops_before=result.flops_before, flops_after=result.flops_after)
-        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n",
+        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n", overwrite=args.overwrite,
                           protect=[*inputs, input_folder(pipe)])
         print(f"  wrote {args.json}")
     return 0

@@ -61,7 +61,8 @@ def add_weight_commands(sub, add_source, positive_int, add_generation_options) -
     p.add_argument("--format", choices=["bitmask", "dense"], default="bitmask",
                    help="bitmask: sparse files that shrink (default); dense: stock diffusers files with zeros")
     p.add_argument("--json", metavar="FILE", help="also write what was achieved as JSON")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier diffprune output folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier diffprune output folder (and an existing --json file)")
 
     p = sub.add_parser("sweep", help="quality against sparsity per component and method, with collapse points")
     add_source(p)
@@ -88,7 +89,8 @@ def add_weight_commands(sub, add_source, positive_int, add_generation_options) -
 
 
 def _calibration(args):
-    from diffprune.weights import CalibrationConfig, read_prompt_file
+    from diffprune.prompt_files import read_prompt_file
+    from diffprune.weights import CalibrationConfig
 
     prompts = read_prompt_file(args.calib_prompts) if args.calib_prompts else None
     config = CalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts, steps=args.calib_steps,
@@ -117,9 +119,9 @@ def _recipe(args) -> dict:
 def _load(args):
     from torch import nn
 
-    from diffprune import load
+    from diffprune.cli_source import load_source
 
-    pipe = load(args.source, dtype=args.dtype, config=args.config)
+    pipe = load_source(args)
     if isinstance(pipe, nn.Module):
         raise DiffpruneError(f"{args.source} is a single {type(pipe).__name__}; give the whole pipeline folder "
                              "(the Python API prunes bare modules: diffprune.weights.prune)")
@@ -128,7 +130,7 @@ def _load(args):
 
 def _prune_weights(args) -> int:
     from diffprune import save
-    from diffprune._fs import atomic_write_text, check_pipeline_outputs
+    from diffprune._fs import atomic_write_text, check_outputs
     from diffprune.io import input_folder
     from diffprune.measure import disk_usage
     from diffprune.report import to_jsonable
@@ -137,7 +139,7 @@ def _prune_weights(args) -> int:
 
     inputs = [args.source, args.config, args.calib_prompts]
     recipe = _recipe(args)  # every option checked before the (possibly long) load
-    check_pipeline_outputs(args.out, args.json, overwrite=args.overwrite, protect=inputs)
+    check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     calibration = _calibration(args)
     pipe = _load(args)
     check_recipe(pipe, recipe)  # components present, N:M widths fit: still nothing written
@@ -155,7 +157,7 @@ def _prune_weights(args) -> int:
     if args.json:
         data = {"source": args.source, "method": args.method, "format": args.format, "out": str(out),
                 "components": result.to_json(), "disk_bytes": usage.components}
-        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n",
+        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n", overwrite=args.overwrite,
                           protect=[*inputs, input_folder(pipe)])
         print(f"  wrote {args.json}")
     return 0

@@ -8,20 +8,20 @@ random weights of a published architecture.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import torch
 
 from diffprune import archs
-from diffprune._fs import staged_dir
+from diffprune._fs import MANIFEST, staged_dir
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError
 from diffprune.measure.params import model_components
 
-MANIFEST = "diffprune.json"
 FORMAT_VERSION = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -120,7 +120,7 @@ def _load_component_folder(folder: Path, config: dict, dtype):
     return model.eval().requires_grad_(False)
 
 
-def _load_pipeline_folder(folder: Path, dtype):
+def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
     from diffusers import DiffusionPipeline
 
     index = _read_json(folder / "model_index.json")
@@ -128,31 +128,54 @@ def _load_pipeline_folder(folder: Path, dtype):
     if cls_name not in SUPPORTED_PIPELINES:
         raise DiffpruneError(f"unsupported model: {folder} is a {cls_name}; diffprune supports "
                              "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
-    manifest_path = folder / MANIFEST
-    if manifest_path.exists():
-        version = _read_json(manifest_path).get("format_version")
-        if not isinstance(version, int):
-            raise DiffpruneError(f"{folder / MANIFEST} has no valid format_version; the folder is damaged")
-        if version > FORMAT_VERSION:
-            raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
-    from diffprune.weights.storage import is_sparse_folder, load_component
-
-    from diffprune.layers.storage import is_layer_pruned_folder, load_unet
-
-    sparse = {name: load_component(folder / name, dtype) for name in _listed_components(index)
-              if is_sparse_folder(folder / name)}
-    if "unet" not in sparse and is_layer_pruned_folder(folder / "unet"):
-        sparse["unet"] = load_unet(folder / "unet", dtype)
+    check_model_index(index, folder / "model_index.json")
+    manifest = _read_manifest(folder)
+    if manifest is not None and verify:
+        verify_checksums(folder, manifest)
+    stored = {}
+    for name in _listed_components(index):
+        module = _load_stored_component(folder / name, dtype)
+        if module is not None:
+            stored[name] = module
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **sparse, **_dtype_kwargs(dtype))
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **stored, **_dtype_kwargs(dtype))
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
         raise DiffpruneError(f"cannot load the pipeline in {folder}: {_first_line(e)}") from None
     for name, module in model_components(pipe).items():
-        if name not in sparse:  # sparse components were loaded strictly already
+        if name not in stored:  # components in diffprune's formats were loaded strictly already
             _check_complete(module, folder / name)
-    if manifest_path.exists():
-        pipe._diffprune = {"source": str(folder), "history": _read_json(manifest_path).get("history", [])}
+    if manifest is not None:
+        pipe._diffprune = {"source": str(folder), "history": manifest.get("history", [])}
     return pipe
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The ``diffprune.json`` of a folder diffprune saved (checked), or None for any other folder."""
+    manifest_path = folder / MANIFEST
+    if not manifest_path.exists():
+        return None
+    manifest = _read_json(manifest_path)
+    if manifest.get("format") != "diffprune":
+        return None  # e.g. a report's manifest: not a saved pipeline
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise DiffpruneError(f"{manifest_path} has no valid format_version; the folder is damaged")
+    if version > FORMAT_VERSION:
+        raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
+    return manifest
+
+
+def _load_stored_component(folder: Path, dtype):
+    """A component saved in one of diffprune's own formats (layer-pruned U-Net, bitmask), or None."""
+    from diffprune.layers.storage import is_layer_pruned_folder, load_unet
+    from diffprune.weights.storage import SPARSE_FILE, decode, is_sparse_folder, load_component
+
+    if is_layer_pruned_folder(folder):
+        state = decode(folder / SPARSE_FILE) if is_sparse_folder(folder) else None
+        return load_unet(folder, dtype, state=state)
+    if is_sparse_folder(folder):
+        return load_component(folder, dtype)
+    return None
 
 
 def _listed_components(index: dict) -> list[str]:
@@ -205,6 +228,9 @@ def _load_single_file(path: Path, dtype, config: str | None):
     is_xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
     cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
     kwargs = dict(_dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
+    config_index = Path(config).expanduser() / "model_index.json" if config is not None else None
+    if config_index is not None and config_index.is_file():  # diffusers reads component classes from it
+        check_model_index(_read_json(config_index), config_index)
     if config is not None:
         kwargs["config"] = config
     try:
@@ -244,10 +270,12 @@ def _load_hub(repo_id: str, dtype, cache_dir: str | None):
                     continue
                 raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the Hugging "
                                      f"Face cache, and the Hub did not provide it ({_first_line(e)})") from None
-            cls_name = _read_json(Path(index)).get("_class_name")
+            index_data = _read_json(Path(index))
+            cls_name = index_data.get("_class_name")
             if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
                 raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
                                      "StableDiffusionPipeline and StableDiffusionXLPipeline")
+            check_model_index(index_data, f"{repo_id}/model_index.json")
             try:
                 return DiffusionPipeline.from_pretrained(repo_id, cache_dir=cache_dir, local_files_only=local_only,
                                                          **_dtype_kwargs(dtype))
@@ -262,7 +290,8 @@ def _load_hub(repo_id: str, dtype, cache_dir: str | None):
 
 def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, component: str | None = None, seed: int = 0,
-         config: str | None = None, cache_dir: str | None = None):
+         config: str | None = None, cache_dir: str | None = None, verify: bool = True,
+         allow_nonfinite: bool = False):
     """Load ``source`` as a diffusers pipeline (or only ``component`` of it, e.g. ``"unet"``).
 
     ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
@@ -270,7 +299,19 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
     whose configs and tokenizer match the checkpoint. ``cache_dir`` overrides the Hugging Face cache.
     ``"shapes"`` loads the trained testbed. Raises :class:`DiffpruneError` with one clear line
     for anything the user can fix.
+
+    Every ``model_index.json`` entry must name a diffusers or transformers class (code inside a model folder
+    is never imported). A folder diffprune saved is checked against the SHA-256 sums in its manifest unless
+    ``verify=False``. Weights holding NaN or infinity are refused unless ``allow_nonfinite=True``.
     """
+    pipe = _load_source(source, dtype=dtype, device=device, component=component, seed=seed, config=config,
+                        cache_dir=cache_dir, verify=verify)
+    if not allow_nonfinite and not str(source).startswith("random:"):
+        check_finite(pipe)
+    return pipe
+
+
+def _load_source(source, *, dtype, device, component, seed, config, cache_dir, verify):
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     text = str(source)
@@ -287,25 +328,22 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
     path = Path(text).expanduser()
     if path.is_file():
         if path.name in ("config.json", "model_index.json"):
-            return load(path.parent, dtype=dtype, device=device, component=component, config=config,
-                        cache_dir=cache_dir)
+            return _load_source(path.parent, dtype=dtype, device=device, component=component, seed=seed,
+                                config=config, cache_dir=cache_dir, verify=verify)
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise DiffpruneError(f"{path} is not a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})")
         pipe = _load_single_file(path, dtype, config)
     elif path.is_dir():
         if (path / "model_index.json").is_file():
-            pipe = _load_pipeline_folder(path, dtype)
+            pipe = _load_pipeline_folder(path, dtype, verify)
         elif (path / "config.json").is_file():
             if component is not None:
                 raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")
-            from diffprune.layers.storage import is_layer_pruned_folder, load_unet
-            from diffprune.weights.storage import is_sparse_folder, load_component
-
-            if is_sparse_folder(path):
-                model = load_component(path, dtype)
-            elif is_layer_pruned_folder(path):
-                model = load_unet(path, dtype)
-            else:
+            parent_manifest = _read_manifest(path.resolve().parent)
+            if parent_manifest is not None and verify:
+                verify_checksums(path.resolve().parent, parent_manifest, only=path.resolve().name)
+            model = _load_stored_component(path, dtype)
+            if model is None:
                 model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
             return model.to(device) if device else model
         else:
@@ -315,6 +353,96 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
     return _finish(pipe, source=text, component=component, device=device)
+
+
+_PIPELINE_MODULE_LIBRARIES = ("stable_diffusion", "stable_diffusion_xl")  # e.g. SD-1.5's safety checker
+
+
+def check_model_index(index: dict, where) -> None:
+    """Refuse a ``model_index.json`` whose components are not classes of the installed diffusers or
+    transformers (a library name that matches a ``.py`` file in the folder would make older diffusers import
+    that file)."""
+    import diffusers
+    import transformers
+
+    for key, entry in index.items():
+        if key.startswith("_") or not isinstance(entry, list):
+            continue  # metadata and pipeline options such as requires_safety_checker
+        if len(entry) != 2:
+            raise DiffpruneError(f"{where}: the entry for '{key}' is not a [library, class] pair")
+        library, class_name = entry
+        if library is None and class_name is None:
+            continue
+        if not (isinstance(library, str) and isinstance(class_name, str) and class_name.isidentifier()):
+            raise DiffpruneError(f"{where}: the entry for '{key}' is not a [library, class] pair of names")
+        if library == "diffusers":
+            module = diffusers
+        elif library == "transformers":
+            module = transformers
+        elif library in _PIPELINE_MODULE_LIBRARIES:
+            module = getattr(diffusers.pipelines, library)
+        else:
+            raise DiffpruneError(f"{where}: '{key}' names the library '{library}'; diffprune only loads diffusers "
+                                 "and transformers classes and never runs code from a model folder")
+        try:
+            cls = getattr(module, class_name, None)
+        except Exception:  # a lazy module that cannot import the name (missing optional backend)
+            cls = None
+        if not isinstance(cls, type):
+            raise DiffpruneError(f"{where}: '{key}' names {library}.{class_name}, which this {library} does not have")
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` except the manifest, by relative POSIX path, sorted."""
+    sums = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            sums[path.relative_to(folder).as_posix()] = file_sha256(path)
+    return sums
+
+
+def verify_checksums(folder: Path, manifest: dict, only: str | None = None) -> None:
+    """Compare the files of a saved folder with the SHA-256 sums its manifest recorded (``only``: the files of
+    one component folder)."""
+    recorded = manifest.get("files")
+    if recorded is None:
+        return  # saved before diffprune recorded checksums
+    if not isinstance(recorded, dict):
+        raise DiffpruneError(f"{folder / MANIFEST}: its file list is damaged")
+    for rel, digest in recorded.items():
+        parts = PurePosixPath(str(rel)).parts
+        if not parts or parts[0] in ("/", "..") or ".." in parts:
+            raise DiffpruneError(f"{folder / MANIFEST}: '{rel}' is not a path inside the folder")
+        if only is not None and parts[0] != only:
+            continue
+        path = folder.joinpath(*parts)
+        if not path.is_file():
+            raise DiffpruneError(f"{path} is missing: the folder is incomplete (it was saved with this file)")
+        if file_sha256(path) != digest:
+            raise DiffpruneError(f"{path} is damaged: its SHA-256 differs from the one recorded when diffprune "
+                                 "saved it (re-save the model, or pass --no-verify to load it anyway)")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_finite(obj) -> None:
+    """Refuse weights holding NaN or infinity (a damaged checkpoint would otherwise give black images)."""
+    modules = {"": obj} if isinstance(obj, torch.nn.Module) else model_components(obj)
+    for component, module in modules.items():
+        for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+            if not tensor.is_floating_point() or tensor.device.type == "meta":
+                continue
+            flat = tensor.detach().reshape(-1)
+            if not all(bool(torch.isfinite(part).all()) for part in flat.split(1 << 24)):
+                where = f"{component} weight" if component else "weight"
+                raise DiffpruneError(f"{where} '{name}' holds NaN or infinite values; the checkpoint is damaged "
+                                     "(pass --allow-nonfinite to load it anyway)")
 
 
 def input_folder(pipe) -> str | None:
@@ -329,11 +457,15 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
          weights_format: str = "dense") -> Path:
     """Save ``pipe`` as a diffusers folder (safetensors) plus a ``diffprune.json`` manifest; return the path.
 
-    ``weights_format="dense"`` writes a folder that loads with stock ``DiffusionPipeline.from_pretrained``;
-    ``"bitmask"`` stores the text encoders and U-Net in diffprune's sparse format (see
-    :mod:`diffprune.weights.storage`; files shrink with sparsity) and loads with :func:`load`. The folder is
-    built in a hidden sibling and renamed into place, so a failure leaves nothing behind.
+    ``weights_format="dense"`` writes a folder that loads with stock ``DiffusionPipeline.from_pretrained``
+    (unless the U-Net is layer-pruned in a way its configuration cannot describe: then ``unet/`` is in the
+    ``diffprune-layers`` format); ``"bitmask"`` stores the text encoders and U-Net in diffprune's sparse format
+    (see :mod:`diffprune.weights.storage`; files shrink with sparsity). Folders in diffprune's own formats
+    load with :func:`load` only, refuse stock loading with a clear error, and carry a README.md saying so.
+    The manifest records a SHA-256 of every file. The folder is built in a hidden sibling and renamed into
+    place, so a failure leaves nothing behind.
     """
+    from diffprune.weights.storage import FORMAT as SPARSE_FORMAT
     from diffprune.weights.storage import save_component
     from diffprune.weights.targets import PRUNABLE_COMPONENTS
 
@@ -351,22 +483,48 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
                 "family": family.value, "source": info.get("source"), "history": history,
                 "weights_format": weights_format}
-    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)], marker="model_index.json") as staging:
+    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
+        from diffprune.layers.storage import FORMAT as LAYERS_FORMAT
         from diffprune.layers.storage import is_layer_pruned, save_unet
 
-        if is_layer_pruned(pipe.unet):
-            if weights_format == "bitmask":
-                raise DiffpruneError("a layer-pruned U-Net cannot be stored in the bitmask format yet; save it dense")
-            save_unet(pipe.unet, staging / "unet")
+        own_formats = {}
+        if is_layer_pruned(pipe.unet) and save_unet(pipe.unet, staging / "unet") == LAYERS_FORMAT:
+            own_formats["unet"] = LAYERS_FORMAT
         if weights_format == "bitmask":
             patterns = _nm_patterns(history)
             for name in PRUNABLE_COMPONENTS:
                 module = getattr(pipe, name, None)
                 if module is not None:
                     save_component(module, staging / name, patterns.get(name))
+                    own_formats[name] = " + ".join(filter(None, [own_formats.get(name), SPARSE_FORMAT]))
+        if own_formats:
+            (staging / "README.md").write_text(_own_format_readme(own_formats), encoding="utf-8")
+        manifest["files"] = checksums(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir).expanduser().resolve()
+
+
+def _own_format_readme(formats: dict[str, str]) -> str:
+    lines = "\n".join(f"- `{name}/`: {fmt}" for name, fmt in formats.items())
+    return f"""# A pipeline saved by diffprune
+
+These components are stored in diffprune's own formats, which stock diffusers cannot read:
+
+{lines}
+
+Load the folder with diffprune (`pip install diffprune`):
+
+```python
+import diffprune
+pipe = diffprune.load("path/to/this/folder")   # a regular diffusers pipeline
+```
+
+`DiffusionPipeline.from_pretrained` on this folder fails with "no file named diffusion_pytorch_model.safetensors"
+(or "model.safetensors") for the components above. To get a folder stock diffusers loads, save it again with
+`diffprune.save(pipe, out, weights_format="dense")`; a layer-pruned U-Net whose removals its configuration
+cannot describe always needs diffprune. `diffprune.json` records what was done and a SHA-256 of every file.
+"""
 
 
 def _nm_patterns(history: list[dict]) -> dict[str, tuple[int, int]]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from enum import Enum
 from pathlib import Path
 
-from diffprune._fs import check_output_dir, staged_dir
+from diffprune._fs import MANIFEST, check_output_dir, staged_dir
 from diffprune.errors import DiffpruneError
 
 
@@ -102,7 +102,7 @@ class Report:
                  protect: Iterable[str | os.PathLike | None] = ()):
         self.protect = list(protect)
         self.overwrite = overwrite
-        self.out = check_output_dir(out_dir, overwrite=overwrite, protect=self.protect, marker="report.json")
+        self.out = check_output_dir(out_dir, overwrite=overwrite, protect=self.protect)
         self.title = title
         self._markdown: list[str] = []
         self._json: dict = {}
@@ -187,7 +187,9 @@ class Report:
         payload = {"title": self.title, "diffprune_version": __version__, **self._json,
                    "files": sorted(self._files)}
         body = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-        with staged_dir(self.out, overwrite=self.overwrite, protect=self.protect, marker="report.json") as staging:
+        manifest = json.dumps({"format": "diffprune-report", "diffprune_version": __version__}, indent=2) + "\n"
+        with staged_dir(self.out, overwrite=self.overwrite, protect=self.protect) as staging:
+            (staging / MANIFEST).write_text(manifest, encoding="utf-8")
             (staging / "report.md").write_text(self.markdown(), encoding="utf-8")
             (staging / "report.json").write_text(body, encoding="utf-8")
             for filename, data in self._files.items():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DiffpruneError
+from ..prompt_files import read_prompt_file
 from ..testbed.world import Scene, sample_scene, single_object_scenes, split_of
 
 N_TWO_OBJECT = 28  # with the 72 held-out one-object scenes: 100 prompts
@@ -56,13 +57,7 @@ def shapes_prompts(n: int | None = None, seed: int = 0, split: str = "heldout") 
 
 def file_prompts(path: str | Path, n: int | None = None, seed: int = 0) -> list[EvalPrompt]:
     """Prompts from a text file, one per line (blank lines and lines starting with ``#`` skipped)."""
-    try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise DiffpruneError(f"cannot read prompts file {path}: {e.strerror or e}") from None
-    captions = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
-    if not captions:
-        raise DiffpruneError(f"prompts file {path} holds no prompts")
+    captions = read_prompt_file(path)
     if n is not None:
         if n < 1:
             raise DiffpruneError(f"--prompts must be at least 1, got {n}")

@@ -15,6 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
+from diffprune.progress import pipeline_bar_disabled
 
 from .surgery import units_removed
 from .units import Unit
@@ -109,7 +110,7 @@ def record_calibration(pipe, config: LayerCalibrationConfig | None = None, progr
         handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             generators = [torch.Generator().manual_seed(config.seed + start + i) for i in range(len(batch))]
-            with torch.no_grad():
+            with torch.no_grad(), pipeline_bar_disabled(pipe):
                 out = pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent")
         finally:

@@ -20,6 +20,7 @@ from diffprune.errors import DiffpruneError
 from .surgery import SkippedTransformer, is_skipped, remove_units, removed_modules
 
 MARKER = "diffprune_layers.json"
+WEIGHTS_FILE = "diffprune_layers.safetensors"  # not diffusers' file name, so stock loading fails loudly
 FORMAT = "diffprune-layers"
 VERSION = 1
 
@@ -100,6 +101,10 @@ def save_unet(unet, folder: str | Path) -> str:
         plain.save_pretrained(folder, safe_serialization=True)
         return "diffusers"
     unet.save_pretrained(folder, safe_serialization=True)  # the original config, the remaining weights
+    # Under diffusers' own file name, stock from_pretrained would load this folder "successfully" with the
+    # removed units left unfilled; under another name it stops with "no file named ...".
+    for weights in folder.glob("*.safetensors"):
+        weights.rename(folder / WEIGHTS_FILE)
     (folder / MARKER).write_text(json.dumps({"format": FORMAT, "version": VERSION,
                                              "removed": _removal_list(unet)}, indent=2) + "\n", encoding="utf-8")
     return FORMAT
@@ -127,10 +132,29 @@ def is_layer_pruned_folder(folder: str | Path) -> bool:
     return (Path(folder) / MARKER).is_file()
 
 
-def load_unet(folder: str | Path, dtype: torch.dtype | None = None):
-    """Rebuild a U-Net saved in the ``diffprune-layers`` format (strictly: every weight present, none extra)."""
-    from diffusers import UNet2DConditionModel
+def _read_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise DiffpruneError(f"{folder} has no safetensors weights")
+    state = {}
+    for f in files:
+        try:
+            state.update(load_file(f))
+        except Exception as e:  # safetensors raises its own types for truncated or garbled files
+            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+            raise DiffpruneError(f"{f} is damaged (not a readable safetensors file: {first}); re-save the model") \
+                from None
+    return state
+
+
+def load_unet(folder: str | Path, dtype: torch.dtype | None = None, state: dict | None = None):
+    """Rebuild a U-Net saved in the ``diffprune-layers`` format (strictly: every weight present, none extra).
+
+    ``state``: the weights, when they are not in the folder's safetensors files (e.g. decoded from a sparse
+    file by the caller)."""
+    from diffusers import UNet2DConditionModel
 
     folder = Path(folder)
     try:
@@ -149,12 +173,8 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None):
     except Exception as e:
         raise DiffpruneError(f"{folder}: the configuration or the removal list does not describe a U-Net: {e}") \
             from None
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise DiffpruneError(f"{folder} has no safetensors weights")
-    state = {}
-    for f in files:
-        state.update(load_file(f))
+    if state is None:
+        state = _read_weights(folder)
     try:
         missing, unexpected = unet.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:

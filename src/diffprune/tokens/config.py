@@ -56,6 +56,8 @@ class TokenPruningConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DiffpruneError(f"unknown token pruning method '{self.method}' (choose from {', '.join(METHODS)})")
+        if self.stride < 1:  # before the merge limit, which divides by it
+            raise DiffpruneError(f"stride must be at least 1, got {self.stride}")
         limit = 1 - 1 / self.stride**2 if self.method == "tome" else 1.0
         for name in ("ratio", "early_ratio"):
             value = getattr(self, name)
@@ -80,8 +82,6 @@ class TokenPruningConfig:
             raise DiffpruneError(f"chunk must be at least 1, got {self.chunk}")
         if self.merge not in ("self", "self+cross", "all"):
             raise DiffpruneError(f"merge must be self, self+cross or all, got '{self.merge}'")
-        if self.stride < 1:
-            raise DiffpruneError(f"stride must be at least 1, got {self.stride}")
 
     def ratio_at(self, early: bool) -> float:
         if early and self.dsap and self.early_ratio is not None:

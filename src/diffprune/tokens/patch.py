@@ -213,6 +213,11 @@ def apply(target, config: TokenPruningConfig | None = None):
                 patch.forwards.append((first, first.__dict__.get("forward")))
                 first.forward = functools.partial(pruned_layer_forward, first, site)
             patch.handles.append(layers[-1].register_forward_hook(site.after_last))
+        if not runtime.sites:
+            found = sorted({(info.level, info.depth) for info in sites})
+            raise DiffpruneError(f"token pruning '{config.spec()}' selects no attention block of this U-Net, so it "
+                                 "would prune nothing (its attention blocks, as level/layers: "
+                                 + (", ".join(f"{lv}/{d}" for lv, d in found) or "none") + ")")
         patch.handles.insert(0, unet.register_forward_pre_hook(runtime.start_call, with_kwargs=True))
     except Exception:
         _undo(patch)

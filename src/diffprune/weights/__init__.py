@@ -1,6 +1,7 @@
 """Post-training weight pruning of text encoders and U-Nets: magnitude, Wanda, OWL, SparseGPT, random; N:M."""
 
-from diffprune.weights.calibrate import CalibrationConfig, read_prompt_file
+from diffprune.prompt_files import read_prompt_file
+from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import (METHODS, MagnitudeConfig, OWLConfig, PruneConfig, RandomConfig, SparseGPTConfig,
                                       WandaConfig, make_config)
 from diffprune.weights.prune import ComponentResult, PruneResult, prune

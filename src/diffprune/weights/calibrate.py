@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diffprune.errors import DiffpruneError
+from diffprune.progress import pipeline_bar_disabled
 from diffprune.weights.targets import Target
 
 
@@ -59,18 +59,6 @@ class CalibrationConfig:
             return [1.0] * t
         span = self.weight_max - self.weight_min
         return [self.weight_max - span * math.log1p(k) / math.log(t) for k in range(t)]
-
-
-def read_prompt_file(path: str | Path) -> list[str]:
-    """One prompt per non-empty line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DiffpruneError(f"cannot read calibration prompts from {path}: {e}") from None
-    prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise DiffpruneError(f"{path} holds no prompts")
-    return prompts
 
 
 class LayerStats:
@@ -173,15 +161,13 @@ def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
 
     handle = pipe.unet.register_forward_pre_hook(pre_hook)
     prompts = config.prompt_list()
-    was_disabled = getattr(pipe, "_progress_bar_config", {}).get("disable", False)
-    pipe.set_progress_bar_config(disable=True)
     try:
         for i in range(0, len(prompts), config.batch_size):
             batch = prompts[i:i + config.batch_size]
             gens = [torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + i + j) for j in range(len(batch))]
             state["call"] = 0
-            pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                 generator=gens, output_type="latent")
+            with pipeline_bar_disabled(pipe):
+                pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
+                     generator=gens, output_type="latent")
     finally:
         handle.remove()
-        pipe.set_progress_bar_config(disable=was_disabled)

@@ -217,7 +217,25 @@ def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, in
         for f in folder.glob(glob):
             f.unlink()
     save_file(tensors, str(folder / SPARSE_FILE), metadata=metadata)
+    canonical_header(folder / SPARSE_FILE)
     return {"sparse_tensors": len(json.loads(metadata["sparse"])), "bytes": (folder / SPARSE_FILE).stat().st_size}
+
+
+def canonical_header(file: str | Path) -> None:
+    """Rewrite a safetensors header with its keys sorted, in place.
+
+    safetensors writes ``__metadata__`` from a hash map whose order changes between processes; sorting makes
+    the same tensors and metadata give the same bytes (the data section and its offsets are unchanged).
+    """
+    file = Path(file)
+    with open(file, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) > size:  # cannot happen for a reordering of the same compact JSON; refuse rather than corrupt
+            raise RuntimeError(f"{file}: the sorted header is longer than the original")
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))  # the format pads headers with spaces
 
 
 def is_sparse_folder(folder: str | Path) -> bool:

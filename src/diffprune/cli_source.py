@@ -1,0 +1,25 @@
+"""The model source every ``diffprune`` command takes: its options, and loading it with them."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", metavar="SOURCE",
+                   help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
+                        "testbed), or random:<arch> (sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
+    p.add_argument("--config", help="for single-file checkpoints: diffusers folder or Hub id with matching configs")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the SHA-256 check of a folder diffprune saved (faster for very large models)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load weights that hold NaN or infinity instead of refusing them")
+
+
+def load_source(args, **kwargs):
+    """``diffprune.load`` with the source options every command shares."""
+    from diffprune import load
+
+    return load(args.source, dtype=args.dtype, config=args.config, verify=not args.no_verify,
+                allow_nonfinite=args.allow_nonfinite, **kwargs)
