@@ -118,7 +118,7 @@ def _check_writable(target: Path) -> None:
     try:
         os.rmdir(tempfile.mkdtemp(prefix=".diffprune-probe-", dir=existing))
     except OSError as e:
-        raise DiffpruneError(f"cannot write {target}: folder {existing} is not writable "
+        raise DiffpruneError(f"cannot write {target}: no file can be created in {existing} "
                              f"({e.strerror or e})") from None
 
 
@@ -173,19 +173,18 @@ def check_outputs(folders: Mapping[str, str | os.PathLike | None] = {},
     """Check every output of a command (keys name them, e.g. ``"--out"``) on its own and against the others:
     no two may be the same path or lie inside one another."""
     protect = list(protect)
-    checked: dict[str, Path] = {}
-    for name, path in folders.items():
-        if path is not None:
-            checked[name] = check_output_dir(path, overwrite=overwrite, protect=protect)
-    for name, path in files.items():
-        if path is not None:
-            checked[name] = check_output_file(path, overwrite=overwrite, protect=protect)
-    names = list(checked)
+    paths = {name: _resolved(p) for name, p in [*folders.items(), *files.items()] if p is not None}
+    names = list(paths)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            if _inside(checked[a], checked[b]) or _inside(checked[b], checked[a]):
-                raise DiffpruneError(f"{a} and {b} must name separate paths ({checked[a]} and {checked[b]} "
-                                     "overlap)")
+            if _inside(paths[a], paths[b]) or _inside(paths[b], paths[a]):
+                raise DiffpruneError(f"{a} and {b} must name separate paths ({paths[a]} and {paths[b]} overlap)")
+    for path in folders.values():
+        if path is not None:
+            check_output_dir(path, overwrite=overwrite, protect=protect)
+    for path in files.values():
+        if path is not None:
+            check_output_file(path, overwrite=overwrite, protect=protect)
 
 
 def _follow_umask(folder: Path) -> None:

@@ -7,6 +7,7 @@ download (``pt_inception-2015-12-05-6726825d.pth``).
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,14 @@ def check_fid_inputs(inception_weights: str | Path | None) -> Path:
     weights = Path(inception_weights).expanduser()
     if not weights.is_file():
         raise DiffpruneError(f"FID: no Inception weights file at {weights}")
+    try:  # torch-fidelity unpickles the file itself, on older torch without weights_only: check it first
+        torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DiffpruneError(f"FID: {weights} is not a plain weights file (it holds pickled objects other than "
+                             "tensors); refusing to load it") from None
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise DiffpruneError(f"FID: cannot read Inception weights {weights}: {first}") from None
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
