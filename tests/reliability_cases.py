@@ -75,10 +75,9 @@ def _flip_byte(file: Path) -> None:
 
 def _layers_truncated(tmp: Path) -> None:
     from diffprune.layers import remove_units
-    from diffprune.layers.storage import WEIGHTS_FILE
 
     folder = _saved(tmp, "L", edit=lambda pipe: remove_units(pipe.unet, ["up_blocks.1.resnets.1"]))
-    file = folder / "unet" / WEIGHTS_FILE
+    file = next((folder / "unet").glob("*.safetensors"))
     file.write_bytes(file.read_bytes()[:4096])
 
 

@@ -18,16 +18,19 @@ from reliability_cases import CASES, doc_table, render, run_case
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cases")
-    return {case.name: run_case(case, root / case.name) for case in CASES}
+_OUTCOMES = {}  # each case runs once: its own test, then the table check reuses the outcome
+
+
+def _outcome(case, tmp_path_factory):
+    if case.name not in _OUTCOMES:
+        _OUTCOMES[case.name] = run_case(case, tmp_path_factory.mktemp("case") / case.name)
+    return _OUTCOMES[case.name]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_nothing_written(outcomes, case):
-    o = outcomes[case.name]
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path_factory, case):
+    o = _outcome(case, tmp_path_factory)
     assert o.code == 2, o.stderr
     assert len(o.stderr.strip().splitlines()) == 1 and "Traceback" not in o.stderr, o.stderr
     assert case.expect in o.stderr, o.stderr
@@ -35,7 +38,8 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(outcomes, case):
 
 
 @pytest.mark.slow
-def test_the_reliability_doc_holds_exactly_the_measured_table(outcomes):
+def test_the_reliability_doc_holds_exactly_the_measured_table(tmp_path_factory):
+    outcomes = {case.name: _outcome(case, tmp_path_factory) for case in CASES}
     assert doc_table() == render(outcomes), "docs/reliability.md is stale: run python tests/reliability_cases.py"
 
 
@@ -230,3 +234,41 @@ def test_calibration_and_evaluation_read_prompt_files_alike(tmp_path):
     path.write_text("\ufeff# my prompts\nred circle\n\n  # indented comment\nblue square  \n", encoding="utf-8")
     assert read_prompt_file(path) == ["red circle", "blue square"]
     assert [p.caption for p in file_prompts(path)] == ["red circle", "blue square"]
+
+
+def test_a_hub_model_index_is_checked_before_anything_is_downloaded(tmp_path, offline_hub, monkeypatch):
+    import json
+
+    from diffusers import DiffusionPipeline
+
+    from reliability_cases import evil_library_folder
+
+    evil_library_folder(tmp_path)
+    repo = tmp_path / "cache" / "models--some-org--evil"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model_index.json").write_text(
+        json.dumps(json.loads((tmp_path / "E" / "model_index.json").read_text())))
+    calls = []
+    monkeypatch.setattr(DiffusionPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: calls.append(a)))
+    with pytest.raises(diffprune.DiffpruneError, match="some-org/evil/model_index.json: 'unet' names the library"):
+        diffprune.load("some-org/evil", cache_dir=str(tmp_path / "cache"))
+    assert calls == []
+
+
+def test_the_config_folder_of_a_single_file_checkpoint_is_checked_too(tmp_path, monkeypatch):
+    import diffusers
+    from safetensors.torch import save_file
+
+    from reliability_cases import evil_library_folder
+
+    evil_library_folder(tmp_path)
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)}, tmp_path / "ckpt.safetensors")
+    calls = []
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_single_file",
+                        classmethod(lambda cls, *a, **k: calls.append(a)))
+    with pytest.raises(diffprune.DiffpruneError, match="names the library 'evil_unet'"):
+        diffprune.load(tmp_path / "ckpt.safetensors", config=str(tmp_path / "E"))
+    assert calls == [] and not (tmp_path / "EVIL_RAN").exists()

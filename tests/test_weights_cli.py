@@ -34,7 +34,7 @@ def test_prune_weights_writes_a_sparse_folder(tmp_path, capsys):
     (["--unet-sparsity", "0.5", "--pattern", "4:8", "--conv"], "not a multiple of 8"),
     (["--unet-sparsity", "0.5", "--pattern", "2:4", "--method", "owl"], "OWL"),
     (["--unet-sparsity", "0.5", "--calib-prompts", "/nonexistent/prompts.txt", "--method", "wanda"],
-     "cannot read calibration prompts"),
+     "cannot read prompts file"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "pruned"
