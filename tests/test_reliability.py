@@ -272,3 +272,20 @@ def test_the_config_folder_of_a_single_file_checkpoint_is_checked_too(tmp_path, 
     with pytest.raises(diffprune.DiffpruneError, match="names the library 'evil_unet'"):
         diffprune.load(tmp_path / "ckpt.safetensors", config=str(tmp_path / "E"))
     assert calls == [] and not (tmp_path / "EVIL_RAN").exists()
+
+
+def test_a_sharded_unet_in_the_layers_format_keeps_every_shard(tmp_path, monkeypatch):
+    import functools
+
+    from diffusers import UNet2DConditionModel
+
+    pipe = _layer_pruned_testbed()
+    want = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    # what diffusers does by itself for an SD-XL-size U-Net (10 GB shards): several files and an index
+    monkeypatch.setattr(UNet2DConditionModel, "save_pretrained",
+                        functools.partialmethod(UNet2DConditionModel.save_pretrained, max_shard_size="4MB"))
+    out = diffprune.save(pipe, tmp_path / "p")
+    shards = sorted(p.name for p in (out / "unet").glob("*.safetensors"))
+    assert len(shards) > 1 and not list((out / "unet").glob("*.index.json"))
+    have = diffprune.load(out).unet.state_dict()
+    assert sorted(have) == sorted(want) and all(torch.equal(want[k], have[k]) for k in want)

@@ -101,10 +101,14 @@ def save_unet(unet, folder: str | Path) -> str:
         plain.save_pretrained(folder, safe_serialization=True)
         return "diffusers"
     unet.save_pretrained(folder, safe_serialization=True)  # the original config, the remaining weights
-    # Under diffusers' own file name, stock from_pretrained would load this folder "successfully" with the
-    # removed units left unfilled; under another name it stops with "no file named ...".
-    for weights in folder.glob("*.safetensors"):
-        weights.rename(folder / WEIGHTS_FILE)
+    # Under diffusers' own file names, stock from_pretrained would load this folder "successfully" with the
+    # removed units left unfilled; under other names (and without the shard index) it stops with "no file
+    # named ...". load_unet reads every *.safetensors file of the folder.
+    for index in folder.glob("*.safetensors.index.json"):
+        index.unlink()
+    shards = sorted(folder.glob("*.safetensors"))
+    for i, weights in enumerate(shards):
+        weights.rename(folder / (WEIGHTS_FILE if len(shards) == 1 else f"diffprune_layers-{i + 1:05d}.safetensors"))
     (folder / MARKER).write_text(json.dumps({"format": FORMAT, "version": VERSION,
                                              "removed": _removal_list(unet)}, indent=2) + "\n", encoding="utf-8")
     return FORMAT
