@@ -51,6 +51,18 @@ def evil_library_folder(tmp: Path) -> None:
                                                   "from diffusers import UNet2DConditionModel as EvilUNet\n")
 
 
+def _code_named_like_diffusers(tmp: Path) -> None:
+    folder = _testbed_copy(tmp, "E")  # model_index.json untouched: the file alone would be imported
+    (folder / "unet" / "diffusers.py").write_text("from pathlib import Path\nPath('EVIL_RAN').touch()\n")
+
+
+def _nested_pipeline(tmp: Path) -> None:
+    folder = _testbed_copy(tmp, "E")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "DiffusionPipeline"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+
+
 def _unknown_class(tmp: Path) -> None:
     folder = _testbed_copy(tmp, "E")
     index = json.loads((folder / "model_index.json").read_text())
@@ -98,6 +110,28 @@ def _flipped_bitmask(tmp: Path) -> None:
     _flip_byte(_saved(tmp, "F", weights_format="bitmask") / "unet" / "diffprune_sparse.safetensors")
 
 
+def _unlisted_weights(tmp: Path) -> None:
+    (_saved(tmp, "F") / "unet" / "zz_extra.safetensors").write_bytes(b"extra weights")
+
+
+def _junk_safetensors(tmp: Path) -> None:
+    (_testbed_copy(tmp, "J") / "unet" / "notes.safetensors").write_bytes(b"not safetensors at all")
+
+
+def _report_with_added_file(tmp: Path) -> None:
+    from diffprune.report import Report
+
+    report = Report(tmp / "R", title="earlier")
+    report.text("an earlier report")
+    report.write()
+    (tmp / "R" / "notes.txt").write_text("mine\n")
+
+
+def _weights_and_refs(tmp: Path) -> None:
+    (tmp / "w.pth").write_bytes(b"weights\n")
+    (tmp / "refs").mkdir()
+
+
 def _file(name: str, data: bytes) -> Callable[[Path], None]:
     return lambda tmp: (tmp / name).write_bytes(data)
 
@@ -133,6 +167,10 @@ CASES: list[Case] = [
          ("info", "E"), "names the library 'evil_unet'", evil_library_folder),
     Case("model-index-unknown-class", "model_index.json names a class diffusers does not have",
          ("info", "E"), "which this diffusers does not have", _unknown_class),
+    Case("code-named-diffusers", "a component folder holding `diffusers.py` (older diffusers import it)",
+         ("info", "E"), "contains code (unet/diffusers.py)", _code_named_like_diffusers),
+    Case("model-index-pipeline", "model_index.json makes a component a nested pipeline", ("info", "E"),
+         "is not a model, scheduler, tokenizer or image processor", _nested_pipeline),
     Case("fid-pickle", "an Inception weights file holding pickled code",
          ("eval", "shapes", "--suite", "fid", "--inception-weights", "inception.pth", "--reference-images", "."),
          "is not a plain weights file", _malicious_pickle),
@@ -142,8 +180,17 @@ CASES: list[Case] = [
          "--out and --json must name separate paths"),
     Case("report-equals-json", "`eval --report X --json X`", ("eval", "shapes", "--report", "X", "--json", "X"),
          "--report and --json must name separate paths"),
+    Case("overwrite-added-file", "`--overwrite` onto a diffprune report to which the user added a file",
+         ("eval", "shapes", "--prompts", "2", "--report", "R", "--overwrite"), "holds files diffprune did not write",
+         _report_with_added_file),
+    Case("json-over-input", "`--json` naming an input file (here the Inception weights), with `--overwrite`",
+         ("eval", "shapes", "--suite", "fid", "--inception-weights", "w.pth", "--reference-images", "refs", "--json",
+          "w.pth", "--overwrite"), "is or lies inside the input w.pth", _weights_and_refs),
+    Case("out-inside-input-file", "`--out` inside the folder of a source given as its model_index.json",
+         ("prune-weights", "U/model_index.json", "--out", "U/pruned", "--unet-sparsity", "0.5"),
+         "overlaps the input", _user_folder),
     Case("out-inside-input", "`--out` inside the input model folder",
-         ("prune-weights", "U", "--out", "U/pruned", "--unet-sparsity", "0.5"), "overlaps the input model",
+         ("prune-weights", "U", "--out", "U/pruned", "--unet-sparsity", "0.5"), "overlaps the input",
          _user_folder),
     # unreadable or damaged inputs
     Case("layers-truncated-verified", "truncated weights of a layer-pruned (`diffprune-layers`) folder",
@@ -154,6 +201,10 @@ CASES: list[Case] = [
          "SHA-256 differs", _flipped_dense),
     Case("bit-flip-bitmask", "one flipped bit in the U-Net of a saved folder (bitmask)", ("info", "F"),
          "SHA-256 differs", _flipped_bitmask),
+    Case("unlisted-weights", "a weights file added to a saved folder after saving", ("info", "F"),
+         "was not saved with this folder", _unlisted_weights),
+    Case("junk-safetensors", "an unreadable `.safetensors` file in a plain diffusers folder", ("info", "J"),
+         "is not a readable safetensors file", _junk_safetensors),
     Case("nan-generate", "a U-Net weight that is NaN, `generate`", ("generate", "N", "--prompt", "a red circle",
          "--out", "o.png"), "holds NaN or infinite values", _nan_weights),
     Case("nan-prune", "a U-Net weight that is NaN, `prune-weights`",
@@ -207,7 +258,7 @@ CASES: list[Case] = [
          "0.97", "--calib-num-prompts", "2", "--calib-steps", "2"), "is not below the most that can be removed"),
     Case("fid-no-weights", "`eval --suite fid` without Inception weights", ("eval", "shapes", "--suite", "fid"),
          "FID needs local Inception weights"),
-    Case("no-cuda", "`--device cuda` on a machine without a GPU", (*GEN, "--device", "cuda"), "sees no CUDA GPU"),
+    Case("bad-device", "an unknown `--device`", (*GEN, "--device", "gpu0"), "unknown device 'gpu0'"),
     Case("bad-resolution", "`measure --resolution 0`", ("measure", "shapes", "--resolution", "0"),
          "must be at least 1"),
     Case("unknown-command", "an unknown command", ("frobnicate",), "invalid choice: 'frobnicate'"),

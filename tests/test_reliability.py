@@ -89,7 +89,7 @@ _KILLED_WRITER = textwrap.dedent("""
 
     def rename_then_die(self, dst):  # SIGKILL right after the old result was moved aside
         moved = rename(self, dst)
-        if Path(dst).name == "old":
+        if ".old-" in Path(dst).name:
             os.kill(os.getpid(), signal.SIGKILL)
         return moved
 
@@ -100,6 +100,9 @@ _KILLED_WRITER = textwrap.dedent("""
         (staging / "result.txt").write_text("new")
         if when == "staging":
             os.kill(os.getpid(), signal.SIGKILL)
+        if when == "live":  # a run in progress: hold the staging folder until told to go on
+            print("staging", flush=True)
+            sys.stdin.readline()
 """)
 
 
@@ -131,13 +134,24 @@ def test_a_killed_replacement_is_repaired_by_the_next_run(tmp_path, when):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-def test_a_staging_folder_of_a_live_process_is_left_alone(tmp_path):
+def test_a_run_in_progress_is_left_alone_by_another_run(tmp_path):
     from diffprune._fs import check_output_dir
 
-    live = tmp_path / f".out.tmp-{os.getppid()}-abc"  # our parent process is alive
-    live.mkdir()
-    check_output_dir(tmp_path / "out")
-    assert live.exists()
+    target = tmp_path / "out"
+    _write_result(target, "old")
+    writer = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(target), "live"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "staging"
+        staged = sorted(p.name for p in tmp_path.iterdir())
+        check_output_dir(target, overwrite=True)  # another run checks the same output meanwhile
+        assert sorted(p.name for p in tmp_path.iterdir()) == staged  # its staging folder and lock are untouched
+        writer.communicate("go\n", timeout=120)
+    finally:
+        writer.kill()
+    assert writer.returncode == 0
+    assert (target / "result.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_saved_files_follow_the_umask(tmp_path):
@@ -289,3 +303,17 @@ def test_a_sharded_unet_in_the_layers_format_keeps_every_shard(tmp_path, monkeyp
     assert len(shards) > 1 and not list((out / "unet").glob("*.index.json"))
     have = diffprune.load(out).unet.state_dict()
     assert sorted(have) == sorted(want) and all(torch.equal(want[k], have[k]) for k in want)
+
+
+def test_saved_configs_do_not_record_where_the_model_was_loaded_from(tmp_path):
+    import shutil
+
+    from diffprune.testbed.assets import testbed_folder
+
+    outs = []
+    for name in ("a", "b"):
+        shutil.copytree(testbed_folder(), tmp_path / name)
+        outs.append(diffprune.save(diffprune.load(tmp_path / name), tmp_path / f"out-{name}"))
+    a, b = _tree_bytes(outs[0]), _tree_bytes(outs[1])
+    assert [k for k in a if a[k] != b[k]] == ["diffprune.json"]  # only the manifest names the source given
+    assert not [k for k, v in a.items() if k.endswith(".json") and b"name_or_path" in v]

@@ -61,7 +61,7 @@ def test_report_never_goes_into_an_input_model_folder(tmp_path):
     model.mkdir()
     (model / "model_index.json").write_text("{}")
     for target in (model / "report", model, tmp_path):
-        with pytest.raises(DiffpruneError, match="overlaps the input model"):
+        with pytest.raises(DiffpruneError, match="overlaps the input"):
             Report(target, title="x", overwrite=True, protect=[model])
 
 

@@ -2,14 +2,16 @@
 
 A failed or interrupted run leaves no half-written result, an existing result is only replaced when the user
 asked for it and diffprune wrote it, and nothing is ever written into (or around) an input model folder.
-Staging names carry the writer's process id (``.NAME.tmp-PID-*``, ``.NAME.old-PID-*``), so the next run can
-tell leftovers of a killed process from a run in progress: it deletes the former and, if a replacement was
-cut between its two renames, puts the previous result back.
+Each write holds a lock file (``.NAME.lock-TOKEN``) beside its staging entries (``.NAME.tmp-TOKEN``,
+``.NAME.old-TOKEN``); the kernel releases it when the writer dies, so the next run can tell leftovers of a killed
+process from a run in progress: it deletes the former and, if a replacement was cut between its two renames,
+puts the previous result back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -19,6 +21,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from diffprune.errors import DiffpruneError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so no recovery of interrupted runs
+    fcntl = None
 
 MANIFEST = "diffprune.json"  # every folder diffprune writes (pipelines and reports) carries one
 _LEGACY_REPORT = "report.json"  # reports written before reports had a manifest
@@ -61,50 +68,81 @@ def is_diffprune_output(folder: str | os.PathLike) -> bool:
     return report is not None and "diffprune_version" in report and "files" in report
 
 
-def _staging_pid(entry: Path, target: Path, kind: str) -> int | None:
-    """The writer's process id if ``entry`` is a ``kind`` ("tmp" or "old") staging entry of ``target``."""
-    prefix = f".{target.name}.{kind}-"
-    if not entry.name.startswith(prefix):
-        return None
-    pid = entry.name[len(prefix):].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+@contextlib.contextmanager
+def _claim(parent: Path, name: str) -> Iterator[str]:
+    """A unique token for staging ``name`` in ``parent``, whose lock file ``.NAME.lock-TOKEN`` stays locked for
+    the life of the block. The kernel drops the lock when the process dies, however it dies, so a later run
+    can tell an abandoned staging entry from a live one (process ids cannot: they repeat across containers)."""
+    fd, lock = tempfile.mkstemp(prefix=f".{name}.lock-", dir=parent)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists but belongs to someone else
-        return True
-    return True
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it
+        yield Path(lock).name[len(f".{name}.lock-"):]
+    finally:
+        Path(lock).unlink(missing_ok=True)  # still locked while it disappears
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _if_abandoned(lock: Path) -> Iterator[bool]:
+    """Yield True, holding the lock, if no live process holds ``lock``."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False  # its writer is alive
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        path.unlink(missing_ok=True)
 
 
 def recover_interrupted(target: str | os.PathLike) -> None:
     """Clean up after a diffprune process that was killed while writing ``target``.
 
-    A replacement cut between its two renames left the previous result in ``.NAME.old-PID-*/old`` and no
-    ``target``: it is moved back. Staging entries (``.NAME.tmp-PID-*``) of dead processes are deleted.
+    A replacement cut between its two renames left the previous result in ``.NAME.old-TOKEN`` and no
+    ``target``: it is moved back. Staging entries (``.NAME.tmp-TOKEN``) whose writer is gone are deleted.
+    Entries whose lock is still held belong to a running process and are left alone.
     """
+    if fcntl is None:
+        return  # no way to tell a live writer from a dead one here: leave everything
     target = _resolved(target)
     if not target.parent.is_dir():
         return
-    entries = sorted(target.parent.iterdir())
-    for kind in ("old", "tmp"):
-        for entry in entries:
-            pid = _staging_pid(entry, target, kind)
-            if pid is None or _alive(pid) or not os.path.lexists(entry):
+    prefix = f".{target.name}."
+    for lock in sorted(target.parent.glob(glob.escape(prefix) + "lock-*")):
+        token = lock.name[len(prefix) + len("lock-"):]
+        with _if_abandoned(lock) as abandoned:
+            if not abandoned:
                 continue
-            previous = entry / "old"
-            if kind == "old" and previous.exists() and not os.path.lexists(target):
-                previous.rename(target)
+            old, staging = target.parent / f"{prefix}old-{token}", target.parent / f"{prefix}tmp-{token}"
+            if os.path.lexists(old) and not os.path.lexists(target):
+                old.rename(target)
                 _log.warning("restored %s from a replacement that was interrupted", target)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
+            _remove(old)
+            _remove(staging)
+            lock.unlink(missing_ok=True)
+
+
+def _foreign_files(folder: Path) -> list[str]:
+    """Files in a diffprune output that its manifest does not list (added by the user afterwards)."""
+    listed = (_read_json_object(folder / MANIFEST) or {}).get("files")
+    if not isinstance(listed, dict):
+        return []  # written before manifests listed their files
+    present = (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() or p.is_symlink())
+    return sorted(p for p in present if p != MANIFEST and p not in listed)
 
 
 def _check_writable(target: Path) -> None:
@@ -133,7 +171,7 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
     target = _resolved(out)
     for guarded in _guarded_paths(protect):
         if _inside(target, guarded) or _inside(guarded, target):
-            raise DiffpruneError(f"refusing to write {target}: it overlaps the input model {guarded}")
+            raise DiffpruneError(f"refusing to write {target}: it overlaps the input {guarded}")
     recover_interrupted(target)
     if target.exists() and not target.is_dir():
         raise DiffpruneError(f"output path {target} exists and is not a folder")
@@ -143,6 +181,10 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
         if not is_diffprune_output(target):
             raise DiffpruneError(f"refusing to replace {target}: it has no {MANIFEST} naming diffprune as its "
                                  "writer, so it is not an earlier diffprune output")
+        foreign = _foreign_files(target)
+        if foreign:
+            raise DiffpruneError(f"refusing to replace {target}: it holds files diffprune did not write there "
+                                 f"(e.g. {foreign[0]}); move them first")
     _check_writable(target)
     return target
 
@@ -155,7 +197,7 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False,
     target = _resolved(path)
     for guarded in _guarded_paths(protect):
         if _inside(target, guarded):
-            raise DiffpruneError(f"refusing to write {target}: it is or lies inside the input model {guarded}")
+            raise DiffpruneError(f"refusing to write {target}: it is or lies inside the input {guarded}")
     if target.is_dir():
         raise DiffpruneError(f"{target} is a folder, expected a file path")
     if not target.parent.is_dir():
@@ -204,42 +246,43 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False,
     """Yield an empty hidden folder beside ``out``; on success it replaces ``out``.
 
     On an exception the staging folder is deleted and ``out`` is left exactly as it was. Replacing is two
-    renames (the old result into ``.NAME.old-PID-*``, the new one into place); a process killed between them
-    is repaired by the next run that writes ``out`` (:func:`recover_interrupted`).
+    renames in the same parent (the old result to ``.NAME.old-TOKEN``, the new one into place); a process
+    killed between them is repaired by the next run that writes ``out`` (:func:`recover_interrupted`).
     """
     protect = list(protect)
     target = check_output_dir(out, overwrite=overwrite, protect=protect)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
-    try:
-        yield staging
-        check_output_dir(target, overwrite=overwrite, protect=protect)  # changed meanwhile?
-        _follow_umask(staging)
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-{os.getpid()}-", dir=target.parent))
-            target.rename(trash / "old")
-            staging.rename(target)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with _claim(target.parent, target.name) as token:
+        staging = target.parent / f".{target.name}.tmp-{token}"
+        staging.mkdir()
+        try:
+            yield staging
+            check_output_dir(target, overwrite=overwrite, protect=protect)  # changed meanwhile?
+            _follow_umask(staging)
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{token}"
+                target.rename(old)  # same parent: no write permission on the old folder itself is needed
+                staging.rename(target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                staging.rename(target)
+        finally:
+            _remove(staging)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = False,
                        protect: Iterable[str | os.PathLike | None] = ()) -> Path:
     """Write a file via a temporary sibling and ``os.replace`` (readers never see a partial file)."""
     target = check_output_file(path, overwrite=overwrite, protect=protect)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with _claim(target.parent, target.name) as token:
+        tmp = target.parent / f".{target.name}.tmp-{token}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 

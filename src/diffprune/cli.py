@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from diffprune.cli_source import add_source_options, load_source
+from diffprune.cli_source import add_source_options, input_paths, load_source
 
 
 class _UsageError(Exception):
@@ -174,7 +174,7 @@ def _cmd_measure(args) -> int:
     from diffprune.report import to_jsonable
 
     # validated before the (possibly long) load, so a bad path costs nothing
-    check_outputs(files={"--json": args.json}, overwrite=args.overwrite, protect=[args.source, args.config])
+    check_outputs(files={"--json": args.json}, overwrite=args.overwrite, protect=input_paths(args))
     token_config = _token_config(args)
     device = args.device
     if device is None and args.source.startswith("random:") and not args.latency:
@@ -202,7 +202,7 @@ def _cmd_measure(args) -> int:
         print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
     if args.json:
         atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
-                          overwrite=args.overwrite, protect=[args.source, args.config, input_folder(pipe)])
+                          overwrite=args.overwrite, protect=[*input_paths(args), input_folder(pipe)])
         print(f"  wrote {args.json}")
     return 0
 
@@ -224,7 +224,7 @@ def _cmd_generate(args) -> int:
         raise DiffpruneError(f"--out must name a .png file, got {args.out}")
     for i, prompt in enumerate(args.prompt):
         check_prompt(prompt, f"--prompt #{i + 1}")
-    check_outputs(files={"--out": out}, overwrite=args.overwrite, protect=[args.source, args.config])
+    check_outputs(files={"--out": out}, overwrite=args.overwrite, protect=input_paths(args))
     token_config = _token_config(args)
     pipe = load_source(args, device=args.device)
     if not hasattr(pipe, "scheduler"):
@@ -242,7 +242,7 @@ def _cmd_generate(args) -> int:
                       height=side, width=side, generator=generators, output_type="pt").images
     seconds = time.perf_counter() - start
     png = image_grid_png(to_pil(images), columns=len(args.prompt) if len(args.prompt) <= 8 else 8)
-    atomic_write_bytes(out, png, overwrite=args.overwrite, protect=[args.source, args.config, input_folder(pipe)])
+    atomic_write_bytes(out, png, overwrite=args.overwrite, protect=[*input_paths(args), input_folder(pipe)])
     print(f"{args.source}: {len(args.prompt)} image(s) at {side}x{side}, {args.steps} steps, {seconds:.1f} s"
           + (f", tokens {token_config.spec()}" if token_config else "") + f"; wrote {out}")
     return 0
@@ -273,7 +273,7 @@ def _cmd_eval(args) -> int:
     from diffprune.io import input_folder
     from diffprune.report import fmt, to_jsonable
 
-    inputs = [args.source, args.config, args.reference, args.prompts_file]
+    inputs = input_paths(args)
     # checked before the (long) run, so a bad path costs nothing
     check_outputs({"--report": args.report}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     config = EvalConfig(suite=args.suite, prompts=args.prompts, prompts_file=args.prompts_file, seed=args.seed,
@@ -341,7 +341,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from diffprune.errors import DiffpruneError
+    from diffprune.errors import DiffpruneError, first_line
 
     parser = build_parser()
     try:
@@ -356,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         if not message.startswith("diffprune"):
             message = f"diffprune: error: {message}"
         print(message, file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk said no (full, read-only, permissions): the result was not written
+        where = f": {e.filename}" if e.filename else ""
+        print(f"diffprune: error: {e.strerror or first_line(e)}{where}; nothing was written", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffprune: interrupted", file=sys.stderr)

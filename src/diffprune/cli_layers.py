@@ -61,13 +61,13 @@ def _config(args):
 def run_layer_command(args) -> int:
     from diffprune import save
     from diffprune._fs import atomic_write_text, check_outputs
-    from diffprune.cli_source import load_source
+    from diffprune.cli_source import input_paths, load_source
     from diffprune.errors import DiffpruneError
     from diffprune.io import input_folder
     from diffprune.layers import build_preset, prune
     from diffprune.report import to_jsonable
 
-    inputs = [args.source, args.config, args.calib_prompts]
+    inputs = input_paths(args)
     config = _config(args)  # every option checked before the (possibly long) load
     check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     pipe = load_source(args)

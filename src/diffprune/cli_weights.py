@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from diffprune.cli_source import input_paths, load_source
 from diffprune.errors import DiffpruneError
 
 _COMPONENT_FLAGS = ("unet", "text_encoder", "text_encoder_2")
@@ -119,7 +120,6 @@ def _recipe(args) -> dict:
 def _load(args):
     from torch import nn
 
-    from diffprune.cli_source import load_source
 
     pipe = load_source(args)
     if isinstance(pipe, nn.Module):
@@ -137,7 +137,7 @@ def _prune_weights(args) -> int:
     from diffprune.weights import prune
     from diffprune.weights.prune import check_recipe
 
-    inputs = [args.source, args.config, args.calib_prompts]
+    inputs = input_paths(args)
     recipe = _recipe(args)  # every option checked before the (possibly long) load
     check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     calibration = _calibration(args)
@@ -181,7 +181,7 @@ def _prepared(args, config, title: str):
 
     config.validate()
     report = Report(args.out, title=f"{title}: {args.source}", overwrite=args.overwrite,
-                    protect=[args.source, args.config, args.calib_prompts])
+                    protect=input_paths(args))
     return report, _scorer(args), _calibration(args), _load(args)
 
 

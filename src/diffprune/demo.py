@@ -67,7 +67,7 @@ def _flops_rows(m, steps: int, cfg: bool) -> list[dict]:
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, overwrite: bool = False) -> DemoResult:
     """Run the demo and write its report to ``out_dir``."""
     config = config or DemoConfig()
-    report = Report(out_dir, title="diffprune demo", overwrite=overwrite)
+    report = Report(out_dir, title="diffprune demo", overwrite=overwrite, protect=[config.source])
     # shown on a terminal only, and cleared when done (or on an error, so the error stays one line)
     with tqdm(total=4, desc="demo", unit="stage", disable=None, leave=False) as stages:
         return _run(report, config, stages)

@@ -20,10 +20,21 @@ from diffprune.measure.params import model_components
 _PIPELINE_MODULE_LIBRARIES = ("stable_diffusion", "stable_diffusion_xl")  # e.g. SD-1.5's safety checker
 
 
+def _component_bases() -> tuple[type, ...]:
+    """What a pipeline component may be: a model, scheduler, tokenizer or image processor -- not a pipeline,
+    whose own model_index.json diffusers would follow unchecked."""
+    import diffusers
+    import transformers
+
+    return (diffusers.ModelMixin, diffusers.SchedulerMixin, transformers.PreTrainedModel,
+            transformers.PreTrainedTokenizerBase, transformers.ImageProcessingMixin,
+            transformers.FeatureExtractionMixin, transformers.ProcessorMixin)
+
+
 def check_model_index(index: dict, where) -> None:
-    """Refuse a ``model_index.json`` whose components are not classes of the installed diffusers or
-    transformers (a library name that matches a ``.py`` file in the folder would make older diffusers import
-    that file)."""
+    """Refuse a ``model_index.json`` whose components are not model, scheduler, tokenizer or processor classes
+    of the installed diffusers or transformers (a library name that matches a ``.py`` file in the folder would
+    make older diffusers import that file)."""
     import diffusers
     import transformers
 
@@ -52,6 +63,24 @@ def check_model_index(index: dict, where) -> None:
             cls = None
         if not isinstance(cls, type):
             raise DiffpruneError(f"{where}: '{key}' names {library}.{class_name}, which this {library} does not have")
+        if not issubclass(cls, _component_bases()) or issubclass(cls, diffusers.DiffusionPipeline):
+            raise DiffpruneError(f"{where}: '{key}' names {library}.{class_name}, which is not a model, scheduler, "
+                                 "tokenizer or image processor")
+
+
+CODE_SUFFIXES = (".py", ".pyc", ".so")
+
+
+def check_no_code(folder: Path, files=None) -> None:
+    """Refuse a model folder that ships code: diffusers imports ``<component>/<library>.py`` (even for library
+    names such as ``diffusers``) on releases before 0.38 without asking. ``files``: the repository's file
+    names, where the folder is a partial download."""
+    names = [str(f) for f in files] if files is not None else \
+        [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+    code = sorted(n for n in names if n.endswith(CODE_SUFFIXES))
+    if code:
+        raise DiffpruneError(f"{folder}: refusing a model folder that contains code ({code[0]}); diffprune never "
+                             "runs code from a model folder")
 
 
 def checksums(folder: Path) -> dict[str, str]:
@@ -61,6 +90,11 @@ def checksums(folder: Path) -> dict[str, str]:
         if path.is_file() and path.name != MANIFEST:
             sums[path.relative_to(folder).as_posix()] = file_sha256(path)
     return sums
+
+
+# files a loader may read: any of them added after saving would change what loads
+_LOADABLE_SUFFIXES = {".safetensors", ".bin", ".json", ".txt", ".model", ".pth", ".pt", ".ckpt", ".msgpack", ".h5",
+                      *CODE_SUFFIXES}
 
 
 def verify_checksums(folder: Path, manifest: dict, only: str | None = None) -> None:
@@ -83,6 +117,12 @@ def verify_checksums(folder: Path, manifest: dict, only: str | None = None) -> N
         if file_sha256(path) != digest:
             raise DiffpruneError(f"{path} is damaged: its SHA-256 differs from the one recorded when diffprune "
                                  "saved it (re-save the model, or pass --no-verify to load it anyway)")
+    root = folder / only if only is not None else folder
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and path.suffix in _LOADABLE_SUFFIXES and rel != MANIFEST and rel not in recorded:
+            raise DiffpruneError(f"{path} was not saved with this folder, and loading could read it (remove it, "
+                                 "or pass --no-verify to load anyway)")
 
 
 def file_sha256(path: Path) -> str:
@@ -103,5 +143,6 @@ def check_finite(obj) -> None:
             flat = tensor.detach().reshape(-1)
             if not all(bool(torch.isfinite(part).all()) for part in flat.split(1 << 24)):
                 where = f"{component} weight" if component else "weight"
-                raise DiffpruneError(f"{where} '{name}' holds NaN or infinite values; the checkpoint is damaged "
-                                     "(pass --allow-nonfinite to load it anyway)")
+                raise DiffpruneError(f"{where} '{name}' holds NaN or infinite values (a damaged checkpoint, or "
+                                     "values too large for the dtype asked for); pass --allow-nonfinite to load "
+                                     "it anyway")

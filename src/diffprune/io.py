@@ -18,8 +18,8 @@ import torch
 from diffprune import archs
 from diffprune._fs import MANIFEST, staged_dir
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
-from diffprune.errors import DiffpruneError
-from diffprune.integrity import check_finite, check_model_index, checksums, verify_checksums
+from diffprune.errors import DiffpruneError, first_line
+from diffprune.integrity import check_finite, check_model_index, check_no_code, checksums, verify_checksums
 from diffprune.measure.params import model_components
 
 FORMAT_VERSION = 1
@@ -79,11 +79,6 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:240]
-
-
 def _finish(pipe, *, source: str, component: str | None, device):
     detect_family(pipe)
     if device is not None and device.type != "cpu":
@@ -113,7 +108,7 @@ def _load_component_folder(folder: Path, config: dict, dtype):
     try:
         model = cls.from_pretrained(folder)
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
-        raise DiffpruneError(f"cannot load the {name} in {folder}: {_first_line(e)}") from None
+        raise DiffpruneError(f"cannot load the {name} in {folder}: {first_line(e)}") from None
     _check_complete(model, folder)
     if dtype is not None:
         model.to(dtype)
@@ -129,6 +124,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
         raise DiffpruneError(f"unsupported model: {folder} is a {cls_name}; diffprune supports "
                              "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
     check_model_index(index, folder / "model_index.json")
+    check_no_code(folder)
     manifest = _read_manifest(folder)
     if manifest is not None and verify:
         verify_checksums(folder, manifest)
@@ -140,7 +136,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
     try:
         pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **stored, **_dtype_kwargs(dtype))
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
-        raise DiffpruneError(f"cannot load the pipeline in {folder}: {_first_line(e)}") from None
+        raise DiffpruneError(f"cannot load the pipeline in {folder}: {first_line(e)}") from None
     for name, module in model_components(pipe).items():
         if name not in stored:  # components in diffprune's formats were loaded strictly already
             _check_complete(module, folder / name)
@@ -195,8 +191,11 @@ def _check_complete(module, folder: Path) -> None:
         return  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
     stored: set[str] = set()
     for file in files:
-        with safe_open(str(file), framework="pt") as handle:
-            stored.update(handle.keys())
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                stored.update(handle.keys())
+        except Exception as e:  # safetensors raises its own types for truncated or garbled files
+            raise DiffpruneError(f"{file} is not a readable safetensors file ({first_line(e, 160)})") from None
     missing = [k for k in module.state_dict() if k not in stored]
     if missing:
         raise DiffpruneError(f"{folder}: {len(missing)} weights are missing from the saved files "
@@ -213,12 +212,12 @@ def _load_single_file(path: Path, dtype, config: str | None):
             with safe_open(str(path), framework="pt") as f:
                 keys = list(f.keys())
         except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise DiffpruneError(f"{path} is not a readable safetensors file: {_first_line(e)}") from None
+            raise DiffpruneError(f"{path} is not a readable safetensors file: {first_line(e)}") from None
     else:
         try:
             state = torch.load(path, map_location="meta", weights_only=True, mmap=True)
         except Exception as e:
-            raise DiffpruneError(f"{path} is not a readable checkpoint: {_first_line(e)}") from None
+            raise DiffpruneError(f"{path} is not a readable checkpoint: {first_line(e)}") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else None
         if not isinstance(state, dict):
             raise DiffpruneError(f"{path} does not hold a state dict")
@@ -228,61 +227,84 @@ def _load_single_file(path: Path, dtype, config: str | None):
     is_xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
     cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
     kwargs = dict(_dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
-    config_index = Path(config).expanduser() / "model_index.json" if config is not None else None
-    if config_index is not None and config_index.is_file():  # diffusers reads component classes from it
-        check_model_index(_read_json(config_index), config_index)
-    if config is not None:
+    if config is not None:  # diffusers reads the component classes from its model_index.json: check it first
+        folder = Path(config).expanduser()
+        if (folder / "model_index.json").is_file():
+            check_model_index(_read_json(folder / "model_index.json"), folder / "model_index.json")
+            check_no_code(folder)
+        elif _HUB_ID.match(config):
+            try:
+                _checked_hub_index(config, None, local_only=True)
+            except DiffpruneError:
+                raise
+            except Exception:  # not cached: diffusers reports that below, offline as it is
+                pass
         kwargs["config"] = config
     try:
         return cls.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises several unrelated types for unreadable or unknown checkpoints
         raise DiffpruneError(
-            f"cannot load single-file checkpoint {path}: {_first_line(e)} — the component configs and "
+            f"cannot load single-file checkpoint {path}: {first_line(e)} — the component configs and "
             "tokenizer come from the matching Hub model; when offline pass config=<diffusers folder or cached "
             "Hub id of the same architecture> (CLI: --config)"
         ) from None
 
 
+def _checked_hub_index(repo_id: str, cache_dir: str | None, local_only: bool,
+                       files: list[str] | None = None, revision: str | None = None) -> str:
+    """Fetch ``model_index.json`` of a Hub repository (or its cached copy), check it and the repository's code
+    files, and return the commit it came from (so what is loaded next is what was checked)."""
+    from huggingface_hub import hf_hub_download
+
+    index = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=cache_dir, local_files_only=local_only,
+                                 revision=revision))
+    index_data = _read_json(index)
+    cls_name = index_data.get("_class_name")
+    if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
+        raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
+                             "StableDiffusionPipeline and StableDiffusionXLPipeline")
+    check_model_index(index_data, f"{repo_id}/model_index.json")
+    check_no_code(index.parent, files)  # the cached snapshot, or the repository's full file list
+    return index.parent.name  # snapshots/<commit>/model_index.json
+
+
 def _load_hub(repo_id: str, dtype, cache_dir: str | None):
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
-    from huggingface_hub import hf_hub_download, model_info
+    from huggingface_hub import model_info
 
     verbosity = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # diffusers otherwise logs each failed connection attempt
     try:
         for local_only in (True, False):
+            files, revision = None, None
             if not local_only:
                 if _offline():
                     raise DiffpruneError(f"'{repo_id}' is not a local folder and not in the Hugging Face cache, "
                                          "and HF_HUB_OFFLINE is set; download it where the Hub is reachable")
                 try:  # one quick request: file downloads would retry an unreachable Hub with back-off
-                    model_info(repo_id)
+                    info = model_info(repo_id)
                 except Exception as e:
                     raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the "
                                          "Hugging Face cache, and the Hub did not answer "
-                                         f"({_first_line(e)})") from None
+                                         f"({first_line(e)})") from None
+                files, revision = [s.rfilename for s in info.siblings or []], info.sha
             try:
-                index = hf_hub_download(repo_id, "model_index.json", cache_dir=cache_dir,
-                                        local_files_only=local_only)
+                commit = _checked_hub_index(repo_id, cache_dir, local_only, files, revision)
+            except DiffpruneError:
+                raise
             except Exception as e:
                 if local_only:
                     continue
                 raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the Hugging "
-                                     f"Face cache, and the Hub did not provide it ({_first_line(e)})") from None
-            index_data = _read_json(Path(index))
-            cls_name = index_data.get("_class_name")
-            if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
-                raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
-                                     "StableDiffusionPipeline and StableDiffusionXLPipeline")
-            check_model_index(index_data, f"{repo_id}/model_index.json")
+                                     f"Face cache, and the Hub did not provide it ({first_line(e)})") from None
             try:
                 return DiffusionPipeline.from_pretrained(repo_id, cache_dir=cache_dir, local_files_only=local_only,
-                                                         **_dtype_kwargs(dtype))
+                                                         revision=commit, **_dtype_kwargs(dtype))
             except Exception as e:
                 if local_only:
                     continue  # partly cached: let the Hub complete it
-                raise DiffpruneError(f"cannot load '{repo_id}': {_first_line(e)}") from None
+                raise DiffpruneError(f"cannot load '{repo_id}': {first_line(e)}") from None
     finally:
         dlogging.set_verbosity(verbosity)
     raise AssertionError("unreachable")
@@ -339,6 +361,7 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
         elif (path / "config.json").is_file():
             if component is not None:
                 raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")
+            check_no_code(path)
             parent_manifest = _read_manifest(path.resolve().parent)
             if parent_manifest is not None and verify:
                 verify_checksums(path.resolve().parent, parent_manifest, only=path.resolve().name)
@@ -410,9 +433,20 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
                     own_formats[name] = " + ".join(filter(None, [own_formats.get(name), SPARSE_FORMAT]))
         if own_formats:
             (staging / "README.md").write_text(_own_format_readme(own_formats), encoding="utf-8")
+        _drop_load_paths(staging)
         manifest["files"] = checksums(staging)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return Path(out_dir).expanduser().resolve()
+
+
+def _drop_load_paths(folder: Path) -> None:
+    """Remove the path the model was loaded from (``_name_or_path``) from the saved configs: it would leak a
+    local path (a home folder, the Hub cache) and make the same model saved from two places differ in bytes."""
+    for file in sorted(folder.rglob("*.json")):
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and {"_name_or_path", "name_or_path"} & data.keys():
+            data = {k: v for k, v in data.items() if k not in ("_name_or_path", "name_or_path")}
+            file.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def _own_format_readme(formats: dict[str, str]) -> str:

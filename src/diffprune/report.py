@@ -187,11 +187,13 @@ class Report:
         payload = {"title": self.title, "diffprune_version": __version__, **self._json,
                    "files": sorted(self._files)}
         body = json.dumps(payload, indent=2, allow_nan=False) + "\n"
-        manifest = json.dumps({"format": "diffprune-report", "diffprune_version": __version__}, indent=2) + "\n"
+        from diffprune.integrity import checksums
+
         with staged_dir(self.out, overwrite=self.overwrite, protect=self.protect) as staging:
-            (staging / MANIFEST).write_text(manifest, encoding="utf-8")
             (staging / "report.md").write_text(self.markdown(), encoding="utf-8")
             (staging / "report.json").write_text(body, encoding="utf-8")
             for filename, data in self._files.items():
                 (staging / filename).write_bytes(data)
+            manifest = {"format": "diffprune-report", "diffprune_version": __version__, "files": checksums(staging)}
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         return self.out

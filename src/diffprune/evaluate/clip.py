@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DiffpruneError
+from ..errors import DiffpruneError, first_line
 
 
 def check_clip_folder(path: str | Path | None, what: str, option: str) -> Path:
@@ -34,7 +34,7 @@ def load_clip(path: str | Path | None, what: str, option: str, processor_path: s
         model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
         processor = CLIPProcessor.from_pretrained(Path(processor_path or folder).expanduser(), local_files_only=True)
     except Exception as e:  # a user's folder: report, do not raise a traceback
-        raise DiffpruneError(f"{what}: cannot load CLIP from {folder}: {str(e).splitlines()[0]}") from None
+        raise DiffpruneError(f"{what}: cannot load CLIP from {folder}: {first_line(e)}") from None
     return model, processor
 
 

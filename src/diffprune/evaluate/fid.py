@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DiffpruneError
+from ..errors import DiffpruneError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -54,8 +54,7 @@ def check_fid_inputs(inception_weights: str | Path | None) -> Path:
         raise DiffpruneError(f"FID: {weights} is not a plain weights file (it holds pickled objects other than "
                              "tensors); refusing to load it") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise DiffpruneError(f"FID: cannot read Inception weights {weights}: {first}") from None
+        raise DiffpruneError(f"FID: cannot read Inception weights {weights}: {first_line(e, 160)}") from None
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
@@ -72,7 +71,7 @@ def fid_metric(inception_weights: str | Path | None):
         return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights),
                                         sync_on_compute=False)
     except Exception as e:  # a user's file: report it in one line
-        raise DiffpruneError(f"FID: cannot load Inception weights from {weights}: {str(e).splitlines()[0]}") from None
+        raise DiffpruneError(f"FID: cannot load Inception weights from {weights}: {first_line(e)}") from None
 
 
 def fid(images: torch.Tensor, reference: torch.Tensor, inception_weights=None, batch_size: int = 32,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diffprune.errors import DiffpruneError
+from diffprune.errors import DiffpruneError, first_line
 
 from .surgery import SkippedTransformer, is_skipped, remove_units, removed_modules
 
@@ -139,7 +139,9 @@ def is_layer_pruned_folder(folder: str | Path) -> bool:
 def _read_weights(folder: Path) -> dict:
     from safetensors.torch import load_file
 
-    files = sorted(folder.glob("*.safetensors"))
+    # its own file names (one file or shards), or diffusers' names in folders saved before they were renamed
+    files = sorted(folder.glob("diffprune_layers*.safetensors")) or \
+        sorted(folder.glob("diffusion_pytorch_model*.safetensors"))
     if not files:
         raise DiffpruneError(f"{folder} has no safetensors weights")
     state = {}
@@ -147,9 +149,8 @@ def _read_weights(folder: Path) -> dict:
         try:
             state.update(load_file(f))
         except Exception as e:  # safetensors raises its own types for truncated or garbled files
-            first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-            raise DiffpruneError(f"{f} is damaged (not a readable safetensors file: {first}); re-save the model") \
-                from None
+            raise DiffpruneError(f"{f} is damaged (not a readable safetensors file: {first_line(e, 160)}); "
+                                 "re-save the model") from None
     return state
 
 
@@ -166,7 +167,8 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None, state: dict 
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DiffpruneError(f"cannot read the layer-pruned U-Net in {folder}: {e}") from None
-    if meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) \
+            or meta["version"] > VERSION:
         raise DiffpruneError(f"{folder / MARKER} is not a {FORMAT} file this diffprune can read")
     try:
         with torch.device("meta"):  # no weights allocated until the saved ones are assigned
@@ -183,7 +185,7 @@ def load_unet(folder: str | Path, dtype: torch.dtype | None = None, state: dict 
         missing, unexpected = unet.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:
         raise DiffpruneError(f"{folder}: weights do not fit the layer-pruned structure: "
-                             f"{str(e).splitlines()[0]}") from None
+                             f"{first_line(e)}") from None
     if missing or unexpected:
         raise DiffpruneError(f"{folder}: weights do not match the layer-pruned structure "
                              f"({len(missing)} missing, {len(unexpected)} unexpected)")

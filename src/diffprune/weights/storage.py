@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffprune.errors import DiffpruneError
+from diffprune.errors import DiffpruneError, first_line
 
 SPARSE_FILE = "diffprune_sparse.safetensors"
 FORMAT = "diffprune-bitmask"
@@ -108,7 +108,7 @@ def decode(file: str | Path) -> dict[str, torch.Tensor]:
             meta = f.metadata() or {}
             raw = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own types for truncated or garbled files
-        raise _corrupt(file, f"not a readable safetensors file: {str(e).splitlines()[0][:160]}") from None
+        raise _corrupt(file, f"not a readable safetensors file: {first_line(e, 160)}") from None
     if meta.get("format") != FORMAT:
         raise _corrupt(file, f"its header does not name the {FORMAT} format")
     if meta.get("version") != VERSION:
@@ -179,7 +179,7 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
             else:  # transformers
                 model = cls(cls.config_class.from_pretrained(folder))
     except Exception as e:  # a user's config: any failure to build from it is reported, not raised
-        raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {str(e).splitlines()[0][:160]}") from None
+        raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {first_line(e, 160)}") from None
     state = _match_prefix(state, set(model.state_dict()))
     try:
         model.load_state_dict(state, strict=True, assign=True)
