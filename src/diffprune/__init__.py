@@ -8,7 +8,8 @@ The public API: :func:`load` / :func:`save` for pipelines, :mod:`diffprune.measu
 __version__ = "0.1.0"
 
 from diffprune.errors import DiffpruneError  # noqa: E402
-from diffprune.io import load, save  # noqa: E402
+from diffprune.io import load  # noqa: E402
+from diffprune.saving import save  # noqa: E402
 from diffprune.measure import measure_pipeline as measure  # noqa: E402
 from diffprune import tokens, weights  # noqa: E402
 

@@ -1,0 +1,110 @@
+"""Save a pipeline atomically: a diffusers folder plus diffprune's manifest (history, SHA-256 of every file),
+with components in diffprune's own formats where they were pruned (bitmask weights, layer-pruned U-Nets)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from diffprune._fs import MANIFEST, staged_dir
+from diffprune.archs.family import detect_family
+from diffprune.errors import DiffpruneError
+from diffprune.integrity import checksums
+from diffprune.io import FORMAT_VERSION, input_folder
+
+
+def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str | None = None,
+         weights_format: str = "dense") -> Path:
+    """Save ``pipe`` as a diffusers folder (safetensors) plus a ``diffprune.json`` manifest; return the path.
+
+    ``weights_format="dense"`` writes a folder that loads with stock ``DiffusionPipeline.from_pretrained``
+    (unless the U-Net is layer-pruned in a way its configuration cannot describe: then ``unet/`` is in the
+    ``diffprune-layers`` format); ``"bitmask"`` stores the text encoders and U-Net in diffprune's sparse format
+    (see :mod:`diffprune.weights.storage`; files shrink with sparsity). Folders in diffprune's own formats
+    load with :func:`load` only, refuse stock loading with a clear error, and carry a README.md saying so.
+    The manifest records a SHA-256 of every file. The folder is built in a hidden sibling and renamed into
+    place, so a failure leaves nothing behind.
+    """
+    from diffprune.weights.storage import FORMAT as SPARSE_FORMAT
+    from diffprune.weights.storage import save_component
+    from diffprune.weights.targets import PRUNABLE_COMPONENTS
+
+    if weights_format not in ("dense", "bitmask"):
+        raise DiffpruneError(f"unknown weights format '{weights_format}' (choose dense or bitmask)")
+    from diffprune import __version__
+
+    family = detect_family(pipe)
+    if any(p.device.type == "meta" for p in pipe.unet.parameters()):
+        raise DiffpruneError("this pipeline was built on the meta device and has no weights to save")
+    info = dict(getattr(pipe, "_diffprune", None) or {})
+    history = list(info.get("history", []))
+    if note:
+        history.append({"step": "save", "note": note})
+    manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
+                "family": family.value, "source": info.get("source"), "history": history,
+                "weights_format": weights_format}
+    with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        from diffprune.layers.storage import FORMAT as LAYERS_FORMAT
+        from diffprune.layers.storage import is_layer_pruned, save_unet
+
+        own_formats = {}
+        if is_layer_pruned(pipe.unet) and save_unet(pipe.unet, staging / "unet") == LAYERS_FORMAT:
+            own_formats["unet"] = LAYERS_FORMAT
+        if weights_format == "bitmask":
+            patterns = _nm_patterns(history)
+            for name in PRUNABLE_COMPONENTS:
+                module = getattr(pipe, name, None)
+                if module is not None:
+                    save_component(module, staging / name, patterns.get(name))
+                    own_formats[name] = " + ".join(filter(None, [own_formats.get(name), SPARSE_FORMAT]))
+        if own_formats:
+            (staging / "README.md").write_text(_own_format_readme(own_formats), encoding="utf-8")
+        _drop_load_paths(staging)
+        manifest["files"] = checksums(staging)
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return Path(out_dir).expanduser().resolve()
+
+
+def _drop_load_paths(folder: Path) -> None:
+    """Remove the path the model was loaded from (``_name_or_path``) from the saved configs: it would leak a
+    local path (a home folder, the Hub cache) and make the same model saved from two places differ in bytes."""
+    for file in sorted(folder.rglob("*.json")):
+        data = json.loads(file.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and {"_name_or_path", "name_or_path"} & data.keys():
+            data = {k: v for k, v in data.items() if k not in ("_name_or_path", "name_or_path")}
+            file.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _own_format_readme(formats: dict[str, str]) -> str:
+    lines = "\n".join(f"- `{name}/`: {fmt}" for name, fmt in formats.items())
+    return f"""# A pipeline saved by diffprune
+
+These components are stored in diffprune's own formats, which stock diffusers cannot read:
+
+{lines}
+
+Load the folder with diffprune (`pip install diffprune`):
+
+```python
+import diffprune
+pipe = diffprune.load("path/to/this/folder")   # a regular diffusers pipeline
+```
+
+`DiffusionPipeline.from_pretrained` on this folder fails with "no file named diffusion_pytorch_model.safetensors"
+(or "model.safetensors") for the components above. To get a folder stock diffusers loads, save it again with
+`diffprune.save(pipe, out, weights_format="dense")`; a layer-pruned U-Net whose removals its configuration
+cannot describe always needs diffprune. `diffprune.json` records what was done and a SHA-256 of every file.
+"""
+
+
+def _nm_patterns(history: list[dict]) -> dict[str, tuple[int, int]]:
+    """The N:M pattern each component was last pruned with (so storage can use the N:M layout)."""
+    out = {}
+    for step in history:
+        pattern = str(step.get("pattern", ""))
+        if step.get("step") == "prune-weights" and ":" in pattern:
+            n, m = pattern.split(":")
+            out[step["component"]] = (int(n), int(m))
+    return out
