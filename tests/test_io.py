@@ -185,9 +185,12 @@ def test_save_refuses_to_overwrite_and_keeps_existing_content(tiny_sd, tmp_path)
         diffprune.save(tiny_sd, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     saved = diffprune.save(tiny_sd, tmp_path / "saved")
-    (saved / "stale.txt").write_text("from an earlier run")
+    (saved / "notes.txt").write_text("added by the user after saving")
+    with pytest.raises(DiffpruneError, match="holds files diffprune did not write there"):
+        diffprune.save(tiny_sd, saved, overwrite=True)  # the user's file would be lost
+    (saved / "notes.txt").unlink()
     diffprune.save(tiny_sd, saved, overwrite=True)
-    assert not (saved / "stale.txt").exists() and (saved / "model_index.json").exists()
+    assert (saved / "model_index.json").exists()
     assert (saved.stat().st_mode & 0o777) == 0o777 & ~_umask()
 
 
