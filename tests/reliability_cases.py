@@ -79,6 +79,10 @@ def _saved(tmp: Path, name: str, *, edit=None, weights_format: str = "dense") ->
     return diffprune.save(pipe, tmp / name, weights_format=weights_format)
 
 
+def _saved_folder(tmp: Path) -> None:
+    _saved(tmp, "F")
+
+
 def _flip_byte(file: Path) -> None:
     data = bytearray(file.read_bytes())
     data[len(data) * 2 // 3] ^= 0x10  # inside the tensor data, far past the header
@@ -189,6 +193,8 @@ CASES: list[Case] = [
     Case("out-inside-input-file", "`--out` inside the folder of a source given as its model_index.json",
          ("prune-weights", "U/model_index.json", "--out", "U/pruned", "--unet-sparsity", "0.5"),
          "overlaps the input", _user_folder),
+    Case("json-inside-component-source", "`--json` inside the pipeline folder of a component folder given as the "
+         "source", ("measure", "F/unet", "--json", "F/unet-measure.json"), "inside the input F", _saved_folder),
     Case("out-inside-input", "`--out` inside the input model folder",
          ("prune-weights", "U", "--out", "U/pruned", "--unet-sparsity", "0.5"), "overlaps the input",
          _user_folder),

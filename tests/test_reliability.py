@@ -317,3 +317,31 @@ def test_saved_configs_do_not_record_where_the_model_was_loaded_from(tmp_path):
     a, b = _tree_bytes(outs[0]), _tree_bytes(outs[1])
     assert [k for k in a if a[k] != b[k]] == ["diffprune.json"]  # only the manifest names the source given
     assert not [k for k, v in a.items() if k.endswith(".json") and b"name_or_path" in v]
+
+
+def test_a_replacement_interrupted_between_its_renames_puts_the_old_result_back(tmp_path, monkeypatch):
+    target = tmp_path / "out"
+    _write_result(target, "old")
+    rename = Path.rename
+
+    def refuse_second(self, dst):
+        if Path(dst) == target and ".tmp-" in self.name:
+            raise KeyboardInterrupt  # Ctrl-C right between moving the old result aside and the new one in
+        return rename(self, dst)
+
+    monkeypatch.setattr(Path, "rename", refuse_second)
+    with pytest.raises(KeyboardInterrupt):
+        _write_result(target, "new")
+    assert (target / "result.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_sd1_folders_with_the_retired_feature_extractor_name_pass_the_index_check():
+    from diffprune.integrity import check_model_index
+
+    index = {"_class_name": "StableDiffusionPipeline", "feature_extractor": ["transformers", "CLIPFeatureExtractor"],
+             "safety_checker": ["stable_diffusion", "StableDiffusionSafetyChecker"],
+             "scheduler": ["diffusers", "PNDMScheduler"], "text_encoder": ["transformers", "CLIPTextModel"],
+             "tokenizer": ["transformers", "CLIPTokenizer"], "unet": ["diffusers", "UNet2DConditionModel"],
+             "vae": ["diffusers", "AutoencoderKL"], "requires_safety_checker": True}
+    check_model_index(index, "model_index.json")

@@ -15,6 +15,7 @@ import glob
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -76,11 +77,14 @@ def _claim(parent: Path, name: str) -> Iterator[str]:
     fd, lock = tempfile.mkstemp(prefix=f".{name}.lock-", dir=parent)
     try:
         if fcntl is not None:
-            fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh file: nobody else holds it
+            except OSError:  # a file system without flock: the write goes on, unrecoverable if killed
+                pass
         yield Path(lock).name[len(f".{name}.lock-"):]
     finally:
-        Path(lock).unlink(missing_ok=True)  # still locked while it disappears
-        os.close(fd)
+        os.close(fd)  # before unlinking, which Windows refuses for an open file
+        Path(lock).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -109,12 +113,17 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def recover_interrupted(target: str | os.PathLike) -> None:
+_TOKEN = re.compile(r"^[a-z0-9_]{8}$")  # what mkstemp puts after the prefix
+
+
+def recover_interrupted(target: str | os.PathLike, *, own_token: str | None = None) -> None:
     """Clean up after a diffprune process that was killed while writing ``target``.
 
     A replacement cut between its two renames left the previous result in ``.NAME.old-TOKEN`` and no
     ``target``: it is moved back. Staging entries (``.NAME.tmp-TOKEN``) whose writer is gone are deleted.
-    Entries whose lock is still held belong to a running process and are left alone.
+    Entries whose lock is still held belong to a running process and are left alone, and so are the caller's
+    own (``own_token``: on file systems that emulate flock with per-process locks, a process can always take
+    its own lock again).
     """
     if fcntl is None:
         return  # no way to tell a live writer from a dead one here: leave everything
@@ -124,6 +133,8 @@ def recover_interrupted(target: str | os.PathLike) -> None:
     prefix = f".{target.name}."
     for lock in sorted(target.parent.glob(glob.escape(prefix) + "lock-*")):
         token = lock.name[len(prefix) + len("lock-"):]
+        if not _TOKEN.match(token) or token == own_token:
+            continue  # another output's lock (a name such as "x.lock-foo"), or our own
         with _if_abandoned(lock) as abandoned:
             if not abandoned:
                 continue
@@ -161,7 +172,7 @@ def _check_writable(target: Path) -> None:
 
 
 def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
-                     protect: Iterable[str | os.PathLike | None] = ()) -> Path:
+                     protect: Iterable[str | os.PathLike | None] = (), _own_token: str | None = None) -> Path:
     """Raise :class:`DiffpruneError` unless ``out`` may receive a new result folder; return it resolved.
 
     ``protect`` lists input models (folders or files): the output may neither contain nor lie inside one.
@@ -172,7 +183,7 @@ def check_output_dir(out: str | os.PathLike, *, overwrite: bool = False,
     for guarded in _guarded_paths(protect):
         if _inside(target, guarded) or _inside(guarded, target):
             raise DiffpruneError(f"refusing to write {target}: it overlaps the input {guarded}")
-    recover_interrupted(target)
+    recover_interrupted(target, own_token=_own_token)
     if target.exists() and not target.is_dir():
         raise DiffpruneError(f"output path {target} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()):
@@ -198,11 +209,11 @@ def check_output_file(path: str | os.PathLike, *, overwrite: bool = False,
     for guarded in _guarded_paths(protect):
         if _inside(target, guarded):
             raise DiffpruneError(f"refusing to write {target}: it is or lies inside the input {guarded}")
-    if target.is_dir():
-        raise DiffpruneError(f"{target} is a folder, expected a file path")
     if not target.parent.is_dir():
         raise DiffpruneError(f"cannot write {target}: folder {target.parent} does not exist")
     recover_interrupted(target)
+    if target.is_dir():
+        raise DiffpruneError(f"{target} is a folder, expected a file path")
     if target.exists() and not overwrite:
         raise DiffpruneError(f"{target} exists (pass --overwrite to replace it)")
     _check_writable(target)
@@ -257,13 +268,20 @@ def staged_dir(out: str | os.PathLike, *, overwrite: bool = False,
         staging.mkdir()
         try:
             yield staging
-            check_output_dir(target, overwrite=overwrite, protect=protect)  # changed meanwhile?
+            check_output_dir(target, overwrite=overwrite, protect=protect, _own_token=token)  # changed meanwhile?
             _follow_umask(staging)
             if target.exists():
                 old = target.parent / f".{target.name}.old-{token}"
                 target.rename(old)  # same parent: no write permission on the old folder itself is needed
-                staging.rename(target)
+                try:
+                    staging.rename(target)
+                except BaseException:  # interrupted or refused: put the previous result back
+                    if not os.path.lexists(target):
+                        old.rename(target)
+                    raise
                 shutil.rmtree(old, ignore_errors=True)
+                if os.path.lexists(old):
+                    _log.warning("could not delete the previous result, left in %s", old)
             else:
                 staging.rename(target)
         finally:

@@ -6,12 +6,17 @@ A mistake the user can fix is reported as one line on stderr with exit status 2,
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 from pathlib import Path
 
 from diffprune.cli_source import add_source_options, input_paths, load_source
+
+
+_DISK_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
+                   errno.ENOLCK}
 
 
 class _UsageError(Exception):
@@ -357,9 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             message = f"diffprune: error: {message}"
         print(message, file=sys.stderr)
         return 2
-    except OSError as e:  # the disk said no (full, read-only, permissions): the result was not written
-        where = f": {e.filename}" if e.filename else ""
-        print(f"diffprune: error: {e.strerror or first_line(e)}{where}; nothing was written", file=sys.stderr)
+    except BrokenPipeError:  # e.g. `diffprune info X | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 1
+    except OSError as e:
+        if e.errno not in _DISK_REFUSALS:
+            raise  # anything else is a bug and keeps its traceback
+        # the disk said no while writing (full, read-only, permissions); outputs already reported as written stay
+        print(f"diffprune: error: the disk refused a write ({e.strerror or first_line(e)})", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("diffprune: interrupted", file=sys.stderr)

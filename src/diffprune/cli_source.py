@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 # options that name something the command reads: no output may overlap them
 _INPUT_OPTIONS = ("config", "calib_prompts", "prompts_file", "reference", "reference_images", "inception_weights",
@@ -31,14 +30,9 @@ def load_source(args, **kwargs):
 
 
 def input_paths(args) -> list[str]:
-    """Everything a command reads (the source and every input option it has), for the output checks. A source
-    given as a folder's ``model_index.json`` or ``config.json`` protects the whole folder."""
-    paths = []
-    for value in [args.source, *(getattr(args, name, None) for name in _INPUT_OPTIONS)]:
-        if not value:
-            continue
-        path = Path(value).expanduser()
-        if path.name in ("model_index.json", "config.json") and path.is_file():
-            paths.append(str(path.parent))
-        paths.append(str(value))
-    return paths
+    """Everything a command reads (the source and every input option it has), for the output checks; model
+    sources count with the folders their loading reads (:func:`diffprune.io.read_paths`)."""
+    from diffprune.io import read_paths
+
+    return [p for value in [args.source, *(getattr(args, name, None) for name in _INPUT_OPTIONS)] if value
+            for p in read_paths(value)]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from diffprune.errors import DiffpruneError
 from diffprune.evaluate.generate import to_pil
 from diffprune.evaluate.shapes import ShapesSuiteConfig, run_shapes_suite
-from diffprune.io import input_folder, load
+from diffprune.io import input_folder, load, read_paths
 from diffprune.measure import describe_hardware, measure_pipeline, peak_memory
 from diffprune.report import Report
 
@@ -67,7 +67,7 @@ def _flops_rows(m, steps: int, cfg: bool) -> list[dict]:
 def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, overwrite: bool = False) -> DemoResult:
     """Run the demo and write its report to ``out_dir``."""
     config = config or DemoConfig()
-    report = Report(out_dir, title="diffprune demo", overwrite=overwrite, protect=[config.source])
+    report = Report(out_dir, title="diffprune demo", overwrite=overwrite, protect=read_paths(config.source))
     # shown on a terminal only, and cleared when done (or on an error, so the error stays one line)
     with tqdm(total=4, desc="demo", unit="stage", disable=None, leave=False) as stages:
         return _run(report, config, stages)

@@ -20,6 +20,9 @@ from diffprune.measure.params import model_components
 _PIPELINE_MODULE_LIBRARIES = ("stable_diffusion", "stable_diffusion_xl")  # e.g. SD-1.5's safety checker
 
 
+_RENAMED_TRANSFORMERS_CLASSES = {"CLIPFeatureExtractor": "CLIPImageProcessor"}  # older SD-1.x folders
+
+
 def _component_bases() -> tuple[type, ...]:
     """What a pipeline component may be: a model, scheduler, tokenizer or image processor -- not a pipeline,
     whose own model_index.json diffusers would follow unchecked."""
@@ -57,6 +60,8 @@ def check_model_index(index: dict, where) -> None:
         else:
             raise DiffpruneError(f"{where}: '{key}' names the library '{library}'; diffprune only loads diffusers "
                                  "and transformers classes and never runs code from a model folder")
+        if library == "transformers":  # names transformers retired that diffusers still loads under the new name
+            class_name = _RENAMED_TRANSFORMERS_CLASSES.get(class_name, class_name)
         try:
             cls = getattr(module, class_name, None)
         except Exception:  # a lazy module that cannot import the name (missing optional backend)
@@ -72,12 +77,13 @@ CODE_SUFFIXES = (".py", ".pyc", ".so")
 
 
 def check_no_code(folder: Path, files=None) -> None:
-    """Refuse a model folder that ships code: diffusers imports ``<component>/<library>.py`` (even for library
-    names such as ``diffusers``) on releases before 0.38 without asking. ``files``: the repository's file
-    names, where the folder is a partial download."""
+    """Refuse a model folder that ships code where diffusers looks for it: diffusers imports
+    ``<component>/<library>.py`` (even for library names such as ``diffusers``) on releases before 0.38 without
+    asking, and custom pipelines live at the top level. ``files``: the repository's file names, where the
+    folder is a partial download. Code deeper down (e.g. ``scripts/``) is never imported and is allowed."""
     names = [str(f) for f in files] if files is not None else \
         [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-    code = sorted(n for n in names if n.endswith(CODE_SUFFIXES))
+    code = sorted(n for n in names if n.endswith(CODE_SUFFIXES) and len(PurePosixPath(n).parts) <= 2)
     if code:
         raise DiffpruneError(f"{folder}: refusing a model folder that contains code ({code[0]}); diffprune never "
                              "runs code from a model folder")
@@ -117,10 +123,13 @@ def verify_checksums(folder: Path, manifest: dict, only: str | None = None) -> N
         if file_sha256(path) != digest:
             raise DiffpruneError(f"{path} is damaged: its SHA-256 differs from the one recorded when diffprune "
                                  "saved it (re-save the model, or pass --no-verify to load it anyway)")
+    # where loaders read: the component folders the manifest lists, and model_index.json
+    components = {PurePosixPath(str(rel)).parts[0] for rel in recorded if len(PurePosixPath(str(rel)).parts) > 1}
     root = folder / only if only is not None else folder
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(folder).as_posix()
-        if path.is_file() and path.suffix in _LOADABLE_SUFFIXES and rel != MANIFEST and rel not in recorded:
+        read = rel == "model_index.json" or path.relative_to(folder).parts[0] in components
+        if path.is_file() and read and path.suffix in _LOADABLE_SUFFIXES and rel not in recorded:
             raise DiffpruneError(f"{path} was not saved with this folder, and loading could read it (remove it, "
                                  "or pass --no-verify to load anyway)")
 

@@ -378,6 +378,20 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     return _finish(pipe, source=text, component=component, device=device)
 
 
+def read_paths(source: str | os.PathLike) -> list[str]:
+    """The paths loading ``source`` reads, for output checks: the source itself, the folder of a
+    ``model_index.json``/``config.json`` given as the source, and the pipeline folder around a component folder
+    (its manifest and sums are read too)."""
+    paths = [str(source)]
+    path = Path(source).expanduser()
+    if path.is_file() and path.name in ("model_index.json", "config.json"):
+        path = path.parent
+        paths.append(str(path))
+    if path.is_dir() and any((path.parent / name).is_file() for name in ("model_index.json", MANIFEST)):
+        paths.append(str(path.parent))
+    return paths
+
+
 def input_folder(pipe) -> str | None:
     """The local folder a pipeline was loaded from, if any (outputs must never be written into it)."""
     for candidate in ((getattr(pipe, "_diffprune", None) or {}).get("source"), getattr(pipe, "name_or_path", None)):

@@ -70,7 +70,9 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
 def _drop_load_paths(folder: Path) -> None:
     """Remove the path the model was loaded from (``_name_or_path``) from the saved configs: it would leak a
     local path (a home folder, the Hub cache) and make the same model saved from two places differ in bytes."""
-    for file in sorted(folder.rglob("*.json")):
+    configs = [f for f in sorted(folder.rglob("*.json"))
+               if f.name in ("config.json", "model_index.json") or f.name.endswith("_config.json")]
+    for file in configs:
         data = json.loads(file.read_text(encoding="utf-8"))
         if isinstance(data, dict) and {"_name_or_path", "name_or_path"} & data.keys():
             data = {k: v for k, v in data.items() if k not in ("_name_or_path", "name_or_path")}
