@@ -43,3 +43,28 @@ def test_zero_terminal_snr_option_trains_v_prediction(tmp_path):
     sched = json.loads((tmp_path / "pipeline" / "scheduler" / "scheduler_config.json").read_text())
     assert sched["prediction_type"] == "v_prediction" and sched["rescale_betas_zero_snr"] is True
     assert sched["timestep_spacing"] == "trailing"
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_resumes_bit_identically(tmp_path):
+    from diffprune.testbed.checkpoint import TrainingInterrupted
+
+    cfg = TrainConfig.quick()
+    train(tmp_path / "whole", cfg)
+    run = tmp_path / "resumed"
+    with pytest.raises(TrainingInterrupted):  # killed in the middle of the VAE stage ...
+        train(run, cfg, stop_after=("vae", 4))
+    assert (run / "checkpoint.pt").exists() and not (run / "pipeline").exists()
+    with pytest.raises(TrainingInterrupted):  # ... and again in the middle of the diffusion stage
+        train(run, cfg, resume=True, stop_after=("diffusion", 5))
+    train(run, cfg, resume=True)
+    assert _digest(run) == _digest(tmp_path / "whole")
+    assert not (run / "checkpoint.pt").exists()
+    seconds = json.loads((run / "training.json").read_text())["seconds"]
+    assert seconds["vae"] > 0 and seconds["diffusion"] > 0
+    other = TrainConfig.quick()
+    other.unet_lr = 5e-4
+    with pytest.raises(TrainingInterrupted):
+        train(tmp_path / "c", cfg, stop_after=("diffusion", 2))
+    with pytest.raises(ValueError, match="another configuration"):
+        train(tmp_path / "c", other, resume=True)

@@ -6,7 +6,9 @@ One command reproduces the committed weights (same seed, same machine kind)::
 
 writes ``evaluator.safetensors``, ``pipeline/`` (a ``StableDiffusionPipeline`` folder, fp16 weights) and
 ``training.json`` (configuration, losses, seconds per stage). ``--quick`` runs a few steps of each stage to
-check the mechanics in under a minute.
+check the mechanics in under a minute. The run saves ``checkpoint.pt`` in the output folder every few minutes
+(``--checkpoint-minutes``); ``--resume`` continues from it, bit-identical to an uninterrupted run on the same
+machine kind. ``--device cuda`` trains on a GPU (random draws stay on the CPU, so the data is the same).
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import Batches, Checkpointer, capture, restore
 from .data import augment, render_images, sample_scenes, to_float
 from .evaluator import ShapesEvaluator, evaluator_loss, load_evaluator, scene_targets, score_scene
 from .models import TestbedArch, build_models, sampling_scheduler
@@ -75,49 +77,45 @@ def _lr_lambda(warmup: int, total: int):
     return factor
 
 
-def _batches(n: int, batch: int, generator: torch.Generator):
-    """Endless shuffled index batches over ``n`` items."""
-    while True:
-        perm = torch.randperm(n, generator=generator)
-        for i in range(0, n - batch + 1, batch):
-            yield perm[i:i + batch]
-
-
-def train_evaluator(cfg: TrainConfig, log: dict) -> ShapesEvaluator:
+def train_evaluator(cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: torch.device) -> ShapesEvaluator:
     items = sample_scenes(cfg.evaluator_images, cfg.seed + 1, "any", two_object_prob=0.4)
     images = render_images(items)
     targets = scene_targets([s for s, _ in items])
     torch.manual_seed(cfg.seed + 2)
-    model = ShapesEvaluator()
+    model = ShapesEvaluator().to(device)
     opt = torch.optim.AdamW(model.parameters(), cfg.evaluator_lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.evaluator_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 3)
-    batches = _batches(len(items), cfg.evaluator_batch, gen)
-    losses = []
-    for _ in tqdm(range(cfg.evaluator_steps), desc="evaluator", mininterval=5):
+    batches = Batches(len(items), cfg.evaluator_batch, gen)
+    objects = {"model": model, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
+    start, losses = restore(ckpt.resume_point("evaluator"), objects) if ckpt.resume_point("evaluator") else (0, [])
+    for step in tqdm(range(start, cfg.evaluator_steps), desc="evaluator", mininterval=5):
         idx = next(batches)
-        x = augment(to_float(images[idx]), gen)
-        loss = evaluator_loss(model(x), {k: v[idx] for k, v in targets.items()})
+        x = augment(to_float(images[idx]), gen).to(device)
+        loss = evaluator_loss(model(x), {k: v[idx].to(device) for k, v in targets.items()})
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         losses.append(loss.item())
+        ckpt.after_step("evaluator", step + 1, lambda: capture(step + 1, losses, objects), log)
     log["evaluator_loss_last100"] = sum(losses[-100:]) / len(losses[-100:])
-    return model.eval()
+    return model.cpu().eval()
 
 
-def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict):
+def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: torch.device):
+    vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), cfg.vae_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.vae_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 4)
-    batches = _batches(len(images), cfg.vae_batch, gen)
-    losses = []
+    batches = Batches(len(images), cfg.vae_batch, gen)
+    objects = {"vae": vae, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
+    start, losses = restore(ckpt.resume_point("vae"), objects) if ckpt.resume_point("vae") else (0, [])
     vae.train()
-    for _ in tqdm(range(cfg.vae_steps), desc="vae", mininterval=5):
-        x = to_float(images[next(batches)]) * 2 - 1
+    for step in tqdm(range(start, cfg.vae_steps), desc="vae", mininterval=5):
+        x = (to_float(images[next(batches)]) * 2 - 1).to(device)
         posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(device)
         recon = vae.decode(z).sample
         loss = (recon - x).pow(2).mean() + 0.1 * (recon - x).abs().mean()
         loss = loss + cfg.vae_kl_weight * posterior.kl().mean()
@@ -127,8 +125,9 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict):
         opt.step()
         sched.step()
         losses.append(loss.item())
+        ckpt.after_step("vae", step + 1, lambda: capture(step + 1, losses, objects), log)
     log["vae_loss_last100"] = sum(losses[-100:]) / len(losses[-100:])
-    return vae.eval()
+    return vae.cpu().eval()
 
 
 @torch.no_grad()
@@ -151,7 +150,7 @@ def _param_groups(unet, text_encoder, matrices_only: bool, weight_decay: float =
 
 
 def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, stds, scaling: float,
-                    cfg: TrainConfig, log: dict):
+                    cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: torch.device):
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
@@ -163,29 +162,36 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     tok = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
                                   truncation=True, return_tensors="pt").input_ids
     ids, empty = tok(captions), tok([""])[0]
+    unet.to(device)
+    text_encoder.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = EMAModel(params, use_ema_warmup=True, power=cfg.ema_power)
     opt = torch.optim.AdamW(_param_groups(unet, text_encoder, cfg.decay_matrices_only), cfg.unet_lr)
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 5)
-    batches = _batches(len(captions), cfg.unet_batch, gen)
+    batches = Batches(len(captions), cfg.unet_batch, gen)
+    objects = {"unet": unet, "text_encoder": text_encoder, "opt": opt, "sched": sched, "ema": ema, "gen": gen,
+               "batches": batches}
+    start, losses = restore(ckpt.resume_point("diffusion"), objects) if ckpt.resume_point("diffusion") else (0, [])
     unet.train()
     text_encoder.train()
-    losses = []
-    bar = tqdm(range(cfg.unet_steps), desc="text encoder + unet", mininterval=5)
+    snr = snr.to(device)
+    bar = tqdm(range(start, cfg.unet_steps), desc="text encoder + unet", mininterval=5)
     for step in bar:
         idx = next(batches)
-        z = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
-        noise = torch.randn(z.shape, generator=gen)
+        # random draws on the CPU generator, then moved: the same data on every device
+        z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
+        noise = torch.randn(z.shape, generator=gen).to(device)
         t = torch.randint(0, 1000, (len(idx),), generator=gen)
         if cfg.high_noise_share > 0:
             high = torch.rand(len(idx), generator=gen) < cfg.high_noise_share
             t = torch.where(high, torch.randint(cfg.high_noise_from, 1000, (len(idx),), generator=gen), t)
+        t = t.to(device)
         batch_ids = ids[idx].clone()
         dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
         batch_ids[dropped] = empty
-        hidden = text_encoder(batch_ids)[0]
+        hidden = text_encoder(batch_ids.to(device))[0]
         pred = unet(noise_sched.add_noise(z, noise, t), t, hidden).sample
         target = noise_sched.get_velocity(z, noise, t) if zero_snr else noise
         if cfg.snr_gamma is None:
@@ -202,7 +208,10 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        ckpt.after_step("diffusion", step + 1, lambda: capture(step + 1, losses, objects), log)
     ema.copy_to(params)
+    unet.cpu()
+    text_encoder.cpu()
     log["diffusion_loss_last200"] = sum(losses[-200:]) / len(losses[-200:])
     log["diffusion_loss_curve"] = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
                                    for i in range(0, len(losses), 100)]
@@ -216,32 +225,49 @@ def _read_accuracy(evaluator: ShapesEvaluator, items, images: torch.Tensor) -> f
     return sum(score_scene(scene, found)["all"] for (scene, _), found in zip(items, readings)) / len(items)
 
 
-def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
-    """Run every stage and write the testbed to ``out_dir`` (see the module docstring)."""
+def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False,
+          checkpoint_minutes: float = 5.0, device: str = "cpu", stop_after: tuple[str, int] | None = None) -> Path:
+    """Run every stage and write the testbed to ``out_dir`` (see the module docstring).
+
+    ``resume`` continues from ``out_dir/checkpoint.pt``; ``stop_after=(stage, step)`` stops after saving a
+    checkpoint there (raises :class:`~diffprune.testbed.checkpoint.TrainingInterrupted`; for tests)."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import save_file
 
     cfg = cfg or TrainConfig()
+    dev = torch.device(device)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    log: dict = {"config": asdict(cfg), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                 "seconds": {}}
-    t0 = time.perf_counter()
-    evaluator = train_evaluator(cfg, log)
-    save_file({k: v.half().contiguous() for k, v in evaluator.state_dict().items()}, str(out / "evaluator.safetensors"))
-    log["seconds"]["evaluator"] = round(time.perf_counter() - t0, 1)
+    ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
+    log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
+                             "threads": torch.get_num_threads(), "device": _device_name(dev), "seconds": {}}
+    if log["config"] != asdict(cfg):
+        raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+
+    ckpt.begin("evaluator")
+    if ckpt.done("evaluator") is None or not (out / "evaluator.safetensors").exists():
+        evaluator = train_evaluator(cfg, log, ckpt, dev)
+        save_file({k: v.half().contiguous() for k, v in evaluator.state_dict().items()},
+                  str(out / "evaluator.safetensors"))
+        ckpt.finish("evaluator", {}, log)
+    log["seconds"]["evaluator"] = round(ckpt.seconds("evaluator"), 1)
     evaluator = load_evaluator(out / "evaluator.safetensors")  # judge what is shipped: the fp16 weights
     check_items = sample_scenes(512, cfg.seed + 10, "heldout")
     check_images = to_float(render_images(check_items))
     log["evaluator_accuracy_heldout_renders"] = _read_accuracy(evaluator, check_items, check_images)
 
-    t0 = time.perf_counter()
+    ckpt.begin("vae")
     items = sample_scenes(cfg.images, cfg.seed + 6, "train", cfg.two_object_prob)
     images = render_images(items)
     captions = [scene.caption for scene, _ in items]
     tokenizer, text_encoder, unet, vae = build_models(cfg.arch, seed=cfg.seed + 7)
     torch.manual_seed(cfg.seed + 8)
-    vae = train_vae(vae, images, cfg, log)
+    if ckpt.done("vae") is None:
+        vae = train_vae(vae, images, cfg, log, ckpt, dev)
+        ckpt.finish("vae", {"vae": vae.state_dict()}, log)
+    else:
+        vae.load_state_dict(ckpt.done("vae")["vae"])
+        vae.eval()
     means, stds = encode_latents(vae, images)
     scaling = float(1.0 / means.std())
     vae.register_to_config(scaling_factor=scaling)
@@ -250,13 +276,14 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
         recon = (vae.decode(vae.encode(check_images * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)
     log["vae_psnr_heldout"] = round(float(-10 * torch.log10((recon - check_images).pow(2).mean())), 2)
     log["evaluator_accuracy_heldout_vae_reconstructions"] = _read_accuracy(evaluator, check_items, recon)
+    log["seconds"]["vae"] = round(ckpt.seconds("vae"), 1)
     print(json.dumps({k: v for k, v in log.items() if k not in ("config",)}), flush=True)
-    log["seconds"]["vae"] = round(time.perf_counter() - t0, 1)
 
-    t0 = time.perf_counter()
+    ckpt.begin("diffusion")
     torch.manual_seed(cfg.seed + 9)
-    noise_sched = train_diffusion(tokenizer, text_encoder, unet, captions, means, stds, scaling, cfg, log)
-    log["seconds"]["diffusion"] = round(time.perf_counter() - t0, 1)
+    noise_sched = train_diffusion(tokenizer, text_encoder, unet, captions, means, stds, scaling, cfg, log, ckpt,
+                                  dev)
+    log["seconds"]["diffusion"] = round(ckpt.seconds("diffusion"), 1)
 
     scheduler = sampling_scheduler(noise_sched.config)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder.eval(), tokenizer=tokenizer,
@@ -265,7 +292,16 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None) -> Path:
     pipe.to(torch.float16).save_pretrained(out / "pipeline")
     log["seconds"]["total"] = round(sum(log["seconds"].values()), 1)
     (out / "training.json").write_text(json.dumps(log, indent=2) + "\n")
+    ckpt.remove()
     return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,6 +309,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder to write the trained testbed to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the mechanics")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (5)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 1e-3)")
     parser.add_argument("--unet-steps", type=int, help="text encoder + U-Net steps (default 4000)")
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")
@@ -292,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                  "high_noise_share"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
-    out = train(args.out, cfg)
+    out = train(args.out, cfg, resume=args.resume, checkpoint_minutes=args.checkpoint_minutes, device=args.device)
     print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
 
 
