@@ -37,6 +37,8 @@ def test_eval_fidelity_of_a_pipeline_against_itself(tmp_path):
                  "--steps", "3", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["psnr"] == 100.0 and data["ssim"] == pytest.approx(1.0) and data["feature_cosine"] == pytest.approx(1.0)
+    assert {k: v for k, v in data.items() if k.startswith("agreement_")} == {
+        f"agreement_{a}": 1.0 for a in ("all", "count", "color", "shape", "size", "position")}
 
 
 @pytest.mark.parametrize("argv", [

@@ -82,3 +82,20 @@ def test_train_split_prompts_mirror_the_heldout_list():
     assert not {p.caption for p in train} & {p.caption for p in shapes_prompts()}
     with pytest.raises(DiffpruneError, match="unknown split"):
         shapes_prompts(split="test")
+
+
+def test_reading_agreement_by_hand():
+    from diffprune.evaluate.fidelity import reading_agreement
+    from diffprune.testbed.evaluator import Detection
+
+    red_circle = Detection(0, "red", "circle", "small", 0.9)
+    moved = Detection(4, "red", "circle", "small", 0.8)            # same object, another cell
+    blue_square = Detection(8, "blue", "square", "large", 0.7)
+    readings = [[red_circle], [moved, blue_square], [red_circle, blue_square], []]
+    reference = [[red_circle], [red_circle, blue_square], [blue_square, red_circle], [red_circle]]
+    m = reading_agreement(readings, reference)
+    # pairs: identical; position differs only; same objects in another order; nothing read vs one object
+    assert m["agreement_all"] == pytest.approx(2 / 4)
+    assert m["agreement_position"] == pytest.approx(2 / 4)
+    assert m["agreement_color"] == m["agreement_shape"] == m["agreement_size"] == pytest.approx(3 / 4)
+    assert m["agreement_count"] == pytest.approx(3 / 4)

@@ -1,7 +1,9 @@
 """The ``fidelity`` suite: a compressed pipeline against its uncompressed reference, same prompts and seeds.
 
 PSNR and SSIM compare the images pixel by pixel; the cosine similarity of features (the shapes evaluator's for
-64x64 testbed images, or a local CLIP's image embeddings) compares what the images show.
+64x64 testbed images, or a local CLIP's image embeddings) compares what the images show. On testbed images the
+agreement metrics compare what the evaluator reads in each pair: they stay sensitive where the reference itself
+draws the prompt wrong.
 """
 
 from __future__ import annotations
@@ -48,3 +50,27 @@ def fidelity_metrics(images: torch.Tensor, reference: torch.Tensor, features=Non
     if features is not None:
         metrics["feature_cosine"] = float(feature_cosine(features, images, reference).mean())
     return metrics
+
+
+AGREEMENT_ATTRIBUTES = ("color", "shape", "size", "position")
+
+
+def reading_agreement(readings: list, reference: list) -> dict:
+    """Per attribute, the share of image pairs in which the evaluator reads the same thing in both images.
+
+    ``readings`` / ``reference``: one list of detections (with ``position``, ``color``, ``shape``, ``size``) per
+    image. An attribute agrees when the two images hold the same multiset of its values (so the same number of
+    objects too); ``agreement_count`` compares the numbers of objects, ``agreement_all`` whole objects.
+    """
+    if len(readings) != len(reference):
+        raise ValueError("reading_agreement needs one reading per reference image")
+    n = max(1, len(readings))
+
+    def same(key) -> float:
+        return sum(sorted(map(key, a)) == sorted(map(key, b)) for a, b in zip(readings, reference)) / n
+
+    out = {"agreement_all": same(lambda d: (d.position, d.color, d.shape, d.size)),
+           "agreement_count": sum(len(a) == len(b) for a, b in zip(readings, reference)) / n}
+    for attribute in AGREEMENT_ATTRIBUTES:
+        out[f"agreement_{attribute}"] = same(lambda d, attribute=attribute: getattr(d, attribute))
+    return out

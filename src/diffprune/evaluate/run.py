@@ -95,6 +95,12 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
         images = generate(pipe, prompts, desc="compressed", **gen)
         reference_images = generate(reference, prompts, desc="reference", **gen)
         metrics = fidelity_metrics(images, reference_images, features)
+        if image_size(pipe) == 64:  # the testbed: compare what the evaluator reads, attribute by attribute
+            from ..testbed.evaluator import load_evaluator
+            from .fidelity import reading_agreement
+
+            evaluator = load_evaluator()
+            metrics.update(reading_agreement(evaluator.read(images), evaluator.read(reference_images)))
     else:
         scorer = _external_scorer(config, prompts, image_size(pipe))  # loads its network before generating
         images = generate(pipe, prompts, desc=config.suite, **gen)
