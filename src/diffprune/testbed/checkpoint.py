@@ -93,9 +93,13 @@ class Checkpointer:
         """What a finished stage left for later ones, or None if it has not finished."""
         return self.state["done"].get(stage)
 
-    def resume_point(self, stage: str) -> dict | None:
+    def resume(self, stage: str, objects: dict) -> tuple[int, list[float]]:
+        """Put ``objects`` back where an interrupted ``stage`` stopped; returns (step, losses), (0, []) if it
+        was not interrupted."""
         running = self.state["running"]
-        return running[1] if running is not None and running[0] == stage else None
+        if running is None or running[0] != stage:
+            return 0, []
+        return restore(running[1], objects)
 
     def after_step(self, stage: str, step: int, state: Callable[[], dict], log: dict) -> None:
         """Called after each step: save when the interval has passed (``state`` builds the loop's state)."""

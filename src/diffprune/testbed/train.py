@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import Batches, Checkpointer, capture, restore
+from .checkpoint import Batches, Checkpointer, capture
 from .data import augment, render_images, sample_scenes, to_float
 from .evaluator import ShapesEvaluator, evaluator_loss, load_evaluator, scene_targets, score_scene
 from .models import TestbedArch, build_models, sampling_scheduler
@@ -88,7 +88,7 @@ def train_evaluator(cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: tor
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     batches = Batches(len(items), cfg.evaluator_batch, gen)
     objects = {"model": model, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
-    start, losses = restore(ckpt.resume_point("evaluator"), objects) if ckpt.resume_point("evaluator") else (0, [])
+    start, losses = ckpt.resume("evaluator", objects)
     for step in tqdm(range(start, cfg.evaluator_steps), desc="evaluator", mininterval=5):
         idx = next(batches)
         x = augment(to_float(images[idx]), gen).to(device)
@@ -110,7 +110,7 @@ def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict, ckpt: Chec
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     batches = Batches(len(images), cfg.vae_batch, gen)
     objects = {"vae": vae, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
-    start, losses = restore(ckpt.resume_point("vae"), objects) if ckpt.resume_point("vae") else (0, [])
+    start, losses = ckpt.resume("vae", objects)
     vae.train()
     for step in tqdm(range(start, cfg.vae_steps), desc="vae", mininterval=5):
         x = (to_float(images[next(batches)]) * 2 - 1).to(device)
@@ -173,7 +173,7 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     batches = Batches(len(captions), cfg.unet_batch, gen)
     objects = {"unet": unet, "text_encoder": text_encoder, "opt": opt, "sched": sched, "ema": ema, "gen": gen,
                "batches": batches}
-    start, losses = restore(ckpt.resume_point("diffusion"), objects) if ckpt.resume_point("diffusion") else (0, [])
+    start, losses = ckpt.resume("diffusion", objects)
     unet.train()
     text_encoder.train()
     snr = snr.to(device)
