@@ -11,7 +11,8 @@ import diffprune
 from diffprune.testbed.assets import WEIGHTS_DIR
 from diffprune.testbed.assets import testbed_folder as shapes_folder
 from diffprune.testbed.data import augment, render_images, sample_scenes, to_float
-from diffprune.testbed.evaluator import load_evaluator, score_scene
+from diffprune.testbed.evaluator import load_evaluator
+from diffprune.testbed.scoring import score_scene
 
 
 @pytest.fixture(scope="module")

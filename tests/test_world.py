@@ -75,3 +75,27 @@ def test_sampling_is_deterministic():
     a = [sample_scene(random.Random(5)).caption for _ in range(3)]
     b = [sample_scene(random.Random(5)).caption for _ in range(3)]
     assert a == b
+
+
+def test_evaluator_layouts_hold_one_to_three_objects_and_no_overlapping_large_pair():
+    import random
+
+    from diffprune.testbed.data import extra_object_items
+    from diffprune.testbed.world import sample_layout
+
+    rng = random.Random(3)
+    layouts = [sample_layout(rng) for _ in range(2000)]
+    assert {len(objects) for objects in layouts} == {1, 2, 3}
+    for objects in layouts:
+        cells = [o.position for o in objects]
+        assert len(set(cells)) == len(cells)
+        large = [o for o in objects if o.size == "large"]
+        for i, a in enumerate(large):
+            for b in large[i + 1:]:
+                assert max(abs(a.row - b.row), abs(a.col - b.col)) > 1
+    assert any(o.size == "large" for objects in layouts if len(objects) == 3 for o in objects)
+    assert {o.color for objects in layouts for o in objects} == set(COLORS)
+    for scene, drawn, _ in extra_object_items(50, seed=1):
+        big, extra = drawn
+        assert scene.objects == (big,) and big.size == "large" and extra.size == "small"
+        assert max(abs(big.row - extra.row), abs(big.col - extra.col)) == 1

@@ -132,9 +132,12 @@ def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
         q = suite.metrics
         report.text(
             f"Scored by the shapes evaluator on {q['n_images']} held-out prompts: all attributes right "
-            f"**{q['accuracy_all']:.0%}**, colour {q['accuracy_color']:.0%}, shape {q['accuracy_shape']:.0%}, "
-            f"position {q['accuracy_position']:.0%}; Frechet distance to ground-truth renders "
-            f"**{q['fd']:.3g}** (two sets of ground-truth renders: {q['fd_ground_truth']:.3g}).",
+            f"**{_pct(q['accuracy_all'])}**, colour {_pct(q['accuracy_color'])}, "
+            f"shape {_pct(q['accuracy_shape'])}, "
+            f"size {_pct(q['accuracy_size'])}, grid cell {_pct(q['accuracy_cell'])} (one object), relation "
+            f"{_pct(q['accuracy_relation'])} (two objects), count {_pct(q['accuracy_count'])}; Frechet distance "
+            f"to ground-truth renders **{q['fd']:.3g}** (two sets of ground-truth renders: "
+            f"{q['fd_ground_truth']:.3g}).",
             heading="Quality")
         report.metrics("quality", q)
     hardware = describe_hardware(str(pipe.unet.device))
@@ -150,3 +153,7 @@ def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
     out = report.write()
     stages.update()
     return DemoResult(out, summary)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"

@@ -14,7 +14,8 @@ import torch
 
 from ..errors import DiffpruneError
 from ..testbed.data import render_images, to_float
-from ..testbed.evaluator import FEATURE_DIM, load_evaluator, score_scene
+from ..testbed.evaluator import FEATURE_DIM, load_evaluator
+from ..testbed.scoring import score_scene
 from .frechet import frechet_distance
 from .generate import generate, image_size
 from .prompts import EvalPrompt, shapes_prompts
@@ -56,9 +57,17 @@ def score_images(images: torch.Tensor, prompts: list[EvalPrompt], evaluator, bat
 
 
 def summarize(scores: list[dict], prompts: list[EvalPrompt]) -> dict:
+    """Mean score per attribute. ``accuracy_cell`` is the grid cell on one-object prompts,
+    ``accuracy_relation`` the caption's relation on two-object prompts, and ``accuracy_position`` the mean of
+    the two (of whichever the prompts have)."""
     metrics = {"accuracy_all": _mean([s["all"] for s in scores])}
     for attr in ATTRIBUTES:
         metrics[f"accuracy_{attr}"] = _mean([s[attr] for s in scores if attr in s])
+    n_objects = [len(p.scene.objects) for p in prompts]
+    metrics["accuracy_cell"] = _mean([s["position"] for s, n in zip(scores, n_objects) if n == 1])
+    metrics["accuracy_relation"] = _mean([s["position"] for s, n in zip(scores, n_objects) if n == 2])
+    metrics["accuracy_position"] = _mean([v for v in (metrics["accuracy_cell"], metrics["accuracy_relation"])
+                                          if v is not None])
     for n, key in ((1, "accuracy_all_one_object"), (2, "accuracy_all_two_objects")):
         metrics[key] = _mean([s["all"] for s, p in zip(scores, prompts) if len(p.scene.objects) == n])
     return metrics

@@ -1,8 +1,10 @@
 """The testbed's exact evaluator: a small CNN that reads every object of a shapes-world image back, cell by cell.
 
 For each of the 3x3 grid cells it predicts whether an object sits there and, if so, its colour, shape and size.
-:func:`score_scene` compares such a reading with the scene a caption asked for; :meth:`ShapesEvaluator.features`
-gives the penultimate activations, the feature space of the testbed's Frechet distance.
+:func:`~diffprune.testbed.scoring.score_scene` compares such a reading with the scene a caption asked for;
+:meth:`ShapesEvaluator.features` gives the penultimate activations, the feature space of the testbed's Frechet
+distance. Besides its presence scores, :meth:`ShapesEvaluator.read` takes a pixel check's word for which cells
+hold an object (:mod:`~diffprune.testbed.pixels`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .world import COLORS, POSITIONS, SHAPES, SIZES, Scene, relation_holds
+from .pixels import occupied_cells
+from .world import COLORS, POSITIONS, SHAPES, SIZES, ShapeObject, Scene
 
 _N_CELLS = len(POSITIONS)
 _HEADS = (("present", 1), ("color", len(COLORS)), ("shape", len(SHAPES)), ("size", len(SIZES)))
@@ -22,13 +25,17 @@ FEATURE_DIM = 256
 
 @dataclass(frozen=True)
 class Detection:
-    """One object the evaluator found: its grid cell, attributes, and the confidence that it is there."""
+    """One object the evaluator found: its grid cell, attributes, the confidence that it is there, and the
+    probabilities of each colour and shape (in the order of ``COLORS`` / ``SHAPES``; empty for hand-made
+    readings)."""
 
     position: int
     color: str
     shape: str
     size: str
     confidence: float
+    color_probs: tuple[float, ...] = ()
+    shape_probs: tuple[float, ...] = ()
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -60,27 +67,36 @@ class ShapesEvaluator(nn.Module):
         logits["present"] = logits["present"].squeeze(-1)
         return logits
 
-    def read(self, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 256) -> list[list[Detection]]:
-        """Objects found in each image, most confident first (in batches of ``batch_size``)."""
+    def read(self, images: torch.Tensor, threshold: float = 0.5, batch_size: int = 256,
+             pixel_check: bool = True) -> list[list[Detection]]:
+        """Objects found in each image, most confident first (in batches of ``batch_size``).
+
+        A cell holds an object when its presence score reaches ``threshold`` or, with ``pixel_check``, when
+        :func:`~diffprune.testbed.pixels.occupied_cells` finds a blob of object-coloured pixels centred there
+        (so a degraded object just under the cut-off is still counted)."""
         return [found for i in range(0, len(images), batch_size)
-                for found in self._read_batch(images[i:i + batch_size], threshold)]
+                for found in self._read_batch(images[i:i + batch_size], threshold, pixel_check)]
 
     @torch.no_grad()
-    def _read_batch(self, images: torch.Tensor, threshold: float) -> list[list[Detection]]:
+    def _read_batch(self, images: torch.Tensor, threshold: float, pixel_check: bool) -> list[list[Detection]]:
         logits = self(images)
         conf = logits["present"].sigmoid()
-        color, shape, size = (logits[k].argmax(-1) for k in ("color", "shape", "size"))
+        color_p, shape_p = logits["color"].softmax(-1), logits["shape"].softmax(-1)
+        color, shape, size = color_p.argmax(-1), shape_p.argmax(-1), logits["size"].argmax(-1)
         names = list(COLORS), SHAPES, list(SIZES)
+        blobs = occupied_cells(images) if pixel_check else [set()] * images.shape[0]
         readings = []
         for b in range(images.shape[0]):
             found = [Detection(p, names[0][color[b, p]], names[1][shape[b, p]], names[2][size[b, p]],
-                               float(conf[b, p])) for p in range(_N_CELLS) if conf[b, p] >= threshold]
-            readings.append(sorted(found, key=lambda d: -d.confidence))
+                               float(conf[b, p]), tuple(color_p[b, p].tolist()), tuple(shape_p[b, p].tolist()))
+                     for p in range(_N_CELLS) if conf[b, p] >= threshold or p in blobs[b]]
+            readings.append(sorted(found, key=lambda d: (-d.confidence, d.position)))
         return readings
 
 
-def scene_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
-    """Training targets for :class:`ShapesEvaluator`: per cell presence, colour, shape and size indices."""
+def scene_targets(scenes: list[Scene | tuple[ShapeObject, ...]]) -> dict[str, torch.Tensor]:
+    """Training targets for :class:`ShapesEvaluator` (scenes or bare object tuples): per cell presence, colour,
+    shape and size indices."""
     n = len(scenes)
     present = torch.zeros(n, _N_CELLS)
     color = torch.zeros(n, _N_CELLS, dtype=torch.long)
@@ -88,7 +104,7 @@ def scene_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     size = torch.zeros_like(color)
     colors, sizes = list(COLORS), list(SIZES)
     for i, scene in enumerate(scenes):
-        for o in scene.objects:
+        for o in scene.objects if isinstance(scene, Scene) else scene:
             present[i, o.position] = 1
             color[i, o.position] = colors.index(o.color)
             shape[i, o.position] = SHAPES.index(o.shape)
@@ -103,43 +119,6 @@ def evaluator_loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     for key in ("color", "shape", "size"):
         loss = loss + nn.functional.cross_entropy(logits[key][mask], targets[key][mask])
     return loss
-
-
-def score_scene(scene: Scene, found: list[Detection]) -> dict[str, float]:
-    """Which requested attributes an image shows, each 0 or 1 (a fraction where a scene has two objects).
-
-    One object: the most confident detection is compared on colour, shape, size and grid position.
-    Two objects: the two most confident detections are matched to the requested objects (the assignment
-    agreeing on more colours and shapes wins, then the one satisfying the relation); ``position`` is whether the caption's relation holds between
-    the matched cells (the caption names no cells). ``count`` is whether exactly the requested number of
-    objects was found; ``all`` requires every attribute and the count.
-    """
-    want = scene.objects
-    count = float(len(found) == len(want))
-    if not found:
-        result = {"color": 0.0, "shape": 0.0, "position": 0.0, "count": count, "all": 0.0}
-        if len(want) == 1:
-            result["size"] = 0.0
-        return result
-    if len(want) == 1:
-        d, o = found[0], want[0]
-        result = {"color": float(d.color == o.color), "shape": float(d.shape == o.shape),
-                  "size": float(d.size == o.size), "position": float(d.position == o.position), "count": count}
-    else:
-        top = found[:2]
-        best = None
-        for order in ((0, 1), (1, 0)) if len(top) == 2 else ((0, None), (None, 0)):
-            dets = [top[i] if i is not None else None for i in order]
-            colors = [float(d is not None and d.color == o.color) for d, o in zip(dets, want)]
-            shapes = [float(d is not None and d.shape == o.shape) for d, o in zip(dets, want)]
-            relation = float(None not in dets and relation_holds(scene.relation, dets[0].position, dets[1].position))
-            rank = (sum(colors) + sum(shapes), relation)
-            if best is None or rank > best[0]:
-                best = (rank, colors, shapes, relation)
-        _, colors, shapes, relation = best
-        result = {"color": sum(colors) / 2, "shape": sum(shapes) / 2, "position": relation, "count": count}
-    result["all"] = float(all(v == 1.0 for v in result.values()))
-    return result
 
 
 def load_evaluator(path=None, device: str = "cpu") -> ShapesEvaluator:

@@ -26,7 +26,8 @@ class TestbedArch:
     unet_channels: tuple[int, ...] = (64, 128, 128)
     unet_layers_per_block: int = 2
     unet_transformer_depth: int = 2
-    unet_head_dim: int = 16
+    unet_head_dim: int = 32  # width of every attention head: heads = channels // width
+    unet_heads: int | None = None  # a fixed number of heads at every level instead (width = channels // heads)
     text_width: int = 64
     text_layers: int = 3
     text_heads: int = 4
@@ -40,16 +41,18 @@ class TestbedArch:
 
 
 def unet_config(arch: TestbedArch) -> dict:
-    depth = arch.unet_transformer_depth
+    depth, n = arch.unet_transformer_depth, len(arch.unet_channels)
+    # diffusers' UNet2DConditionModel reads ``attention_head_dim`` as the number of heads per level
+    heads = tuple(arch.unet_heads or max(1, c // arch.unet_head_dim) for c in arch.unet_channels)
     return dict(
         sample_size=16, in_channels=arch.latent_channels, out_channels=arch.latent_channels,
         layers_per_block=arch.unet_layers_per_block, block_out_channels=tuple(arch.unet_channels),
         # SD's layout: attention at every level but the coarsest, where a plain ResNet stage sits
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
         mid_block_type="UNetMidBlock2DCrossAttn",
-        transformer_layers_per_block=(depth, depth, depth),
-        cross_attention_dim=arch.text_width, attention_head_dim=arch.unet_head_dim,
+        transformer_layers_per_block=(depth,) * n,
+        cross_attention_dim=arch.text_width, attention_head_dim=heads,
         norm_num_groups=arch.norm_groups,
     )
 

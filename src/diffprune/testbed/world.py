@@ -127,6 +127,22 @@ def sample_scene(rng: random.Random, split: str = "train", two_object_prob: floa
     return Scene((ShapeObject(ca, sa, "small", pa), ShapeObject(cb, sb, "small", pb)), relation)
 
 
+def sample_layout(rng: random.Random, max_objects: int = 3) -> tuple[ShapeObject, ...]:
+    """1 to ``max_objects`` objects of any colour, shape and size in distinct grid cells, no caption: what the
+    evaluator trains on, so that it has seen extra objects (next to large ones too) and knows to count them.
+
+    Two large objects are never placed in neighbouring cells (they would overlap); a large object next to a
+    small one is allowed.
+    """
+    while True:
+        cells = rng.sample(range(len(POSITIONS)), rng.randint(1, max_objects))
+        sizes = [rng.choice(list(SIZES)) for _ in cells]
+        large = [c for c, z in zip(cells, sizes) if z == "large"]
+        if all(max(abs(a // 3 - b // 3), abs(a % 3 - b % 3)) > 1 for i, a in enumerate(large) for b in large[i + 1:]):
+            break
+    return tuple(ShapeObject(*_random_pair(rng, "any"), size, cell) for cell, size in zip(cells, sizes))
+
+
 def _polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float, float]]:
     if shape == "square":
         return [(cx - half, cy - half), (cx + half, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
@@ -141,15 +157,17 @@ def _polygon(shape: str, cx: float, cy: float, half: float) -> list[tuple[float,
     return points
 
 
-def render(scene: Scene, seed: int = 0) -> Image.Image:
-    """Draw ``scene`` as a 64x64 RGB image; ``seed`` sets small jitters of position, size and background."""
+def render(scene: Scene | tuple[ShapeObject, ...], seed: int = 0) -> Image.Image:
+    """Draw ``scene`` (or a bare tuple of objects) as a 64x64 RGB image; ``seed`` sets small jitters of position,
+    size and background."""
+    objects = scene.objects if isinstance(scene, Scene) else scene
     rng = random.Random(seed)
     scale = _SUPERSAMPLE
     shade = rng.randint(-8, 8)
     background = tuple(min(255, max(0, c + shade)) for c in _BACKGROUND)
     canvas = Image.new("RGB", (IMAGE_SIZE * scale, IMAGE_SIZE * scale), background)
     draw = ImageDraw.Draw(canvas)
-    for obj in scene.objects:
+    for obj in objects:
         half = (SIZES[obj.size] + rng.uniform(-1.5, 1.5)) / 2
         cx = _CELL_CENTERS[obj.col] + rng.uniform(-2.5, 2.5)
         cy = _CELL_CENTERS[obj.row] + rng.uniform(-2.5, 2.5)
