@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
 
     params0 = sum(p.numel() for p in base.unet.parameters())
     flops0 = _flops(base.unet)
+    loss = scores["output-loss"]
+    print("\nper-unit output loss (mean squared change of the U-Net output when the unit alone is removed):")
+    print(f"  {'unit':<44}{'params':>10}{'share':>8}{'output loss':>14}")
+    for u in sorted(candidates, key=lambda u: loss[u.name]):
+        print(f"  {u.name:<44}{u.params:>10,}{u.params / params0:>8.1%}{loss[u.name]:>14.3g}")
+    for bound in (1e-6, 1e-4, 1e-2):
+        share = sum(u.params for u in candidates if loss[u.name] < bound) / params0
+        print(f"  units with output loss < {bound:g}: {share:.1%} of the U-Net's parameters")
     rows = [("unpruned", 0.0, params0, flops0, run_shapes_suite(base, suite, evaluator).metrics)]
     for ratio in args.ratios:
         for criterion in CRITERIA:

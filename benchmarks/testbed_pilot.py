@@ -6,7 +6,8 @@ Each pilot trains a fresh text encoder + U-Net for ``--steps`` steps on latents 
 VAE (the evaluator and VAE stages are skipped: they do not change between pilots), with the training
 configuration of ``python -m diffprune.testbed.train`` except the options given, then runs the ``shapes``
 suite on the *training-split* prompts (the held-out prompts stay untouched while tuning) and prints one table
-row: one-object cell accuracy, two-object relation accuracy, colour, shape, count, accuracy_all, the U-Net's
+row: the layout probe (where the clean-image prediction from pure noise puts the object), one-object cell
+accuracy, two-object relation accuracy, colour, shape, count, accuracy_all, the U-Net's
 parameters and seconds per training step. ``--json FILE`` appends the row to a JSON-lines file.
 """
 
@@ -32,6 +33,34 @@ def _shapes_metrics(pipe) -> dict:
             "relation": sum(r["position"] for r in twos) / len(twos),
             "color": m["accuracy_color"], "shape": m["accuracy_shape"], "size": m["accuracy_size"],
             "count": m["accuracy_count"], "all": m["accuracy_all"], "fd": round(m["fd"], 1)}
+
+
+@torch.no_grad()
+def layout_probe(pipe, t: int = 999) -> dict:
+    """Where the model puts the object before any drawing: for every one-object training-split scene, the
+    centroid of the decoded clean-image prediction at timestep ``t`` from pure noise (one U-Net call, no
+    sampling), read as a grid cell, a row and a column. Chance: 1/9, 1/3, 1/3."""
+    from diffprune.testbed.pixels import cell_of
+    from diffprune.testbed.world import single_object_scenes, split_of
+
+    scenes = [s for s in single_object_scenes() if split_of(s) == "train"]
+    ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    hidden = pipe.text_encoder(ids)[0]
+    noise = torch.randn(len(scenes), 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    alpha = pipe.scheduler.alphas_cumprod[t]
+    v = pipe.unet(noise, torch.full((len(scenes),), t), hidden).sample
+    x0 = alpha.sqrt() * noise - (1 - alpha).sqrt() * v
+    images = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    weight = (images - images.flatten(2).median(2).values[:, :, None, None]).abs().amax(1).pow(2)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    cx = (weight * xs).sum((1, 2)) / weight.sum((1, 2))
+    cy = (weight * ys).sum((1, 2)) / weight.sum((1, 2))
+    n = len(scenes)
+    return {"probe_cell": round(sum(cell_of(float(x), float(y)) == s.objects[0].position
+                                    for x, y, s in zip(cx, cy, scenes)) / n, 3),
+            "probe_row": round(sum(cell_of(32, float(y)) // 3 == s.objects[0].row for y, s in zip(cy, scenes)) / n, 3),
+            "probe_col": round(sum(cell_of(float(x), 32) % 3 == s.objects[0].col for x, s in zip(cx, scenes)) / n, 3)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="")
     parser.add_argument("--json", help="append the result row to this JSON-lines file")
+    parser.add_argument("--no-suite", action="store_true", help="only the layout probe (seconds), no shapes suite")
+    parser.add_argument("--save", help="also save the trained pipeline to this folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -96,12 +127,15 @@ def main(argv: list[str] | None = None) -> None:
                                    scheduler=sampling_scheduler(noise_sched.config), safety_checker=None,
                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    if args.save:
+        pipe.save_pretrained(args.save)
     row = {"tag": args.tag, "steps": cfg.unet_steps, "batch": cfg.unet_batch, "lr": cfg.unet_lr,
            "arch": f"{','.join(map(str, arch.unet_channels))}/"
                    f"{f'{arch.unet_heads}heads' if arch.unet_heads else f'w{arch.unet_head_dim}'}/t{arch.text_width}",
-           "two_obj": cfg.two_object_prob, "curriculum": f"{cfg.curriculum_steps}@{cfg.curriculum_from}", "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2),
+           "two_obj": cfg.two_object_prob, "curriculum": f"{cfg.curriculum_steps}@{cfg.curriculum_from}",
+           "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2),
            "s_per_step": round(seconds / cfg.unet_steps, 3), "loss_last200": round(log["diffusion_loss_last200"], 4),
-           **_shapes_metrics(pipe)}
+           **layout_probe(pipe), **({} if args.no_suite else _shapes_metrics(pipe))}
     print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.json:
         with open(args.json, "a") as f:

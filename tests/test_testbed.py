@@ -61,17 +61,29 @@ def test_weights_fit_the_size_budget():
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 30 * 2**20
     log = json.loads((WEIGHTS_DIR / "training.json").read_text())
-    assert log["config"]["seed"] == 0 and sum(log["seconds"][k] for k in ("evaluator", "vae", "diffusion")) <= 90 * 60
+    assert log["config"]["seed"] == 0 and sum(log["seconds"][k] for k in ("evaluator", "vae", "diffusion")) <= 3 * 3600
 
 
 def test_evaluator_reads_heldout_ground_truth(evaluator):
     items = sample_scenes(400, seed=12345, split="heldout")
     images = to_float(render_images(items))
     clean = [score_scene(s, f)["all"] for (s, _), f in zip(items, evaluator.read(images))]
-    assert sum(clean) / len(clean) >= 0.98
+    assert sum(clean) / len(clean) >= 0.99
     noisy = augment(images, torch.Generator().manual_seed(0))
     degraded = [score_scene(s, f)["all"] for (s, _), f in zip(items, evaluator.read(noisy))]
     assert sum(degraded) / len(degraded) >= 0.95
+
+
+def test_evaluator_flags_an_extra_object_next_to_a_large_one(evaluator):
+    from diffprune.testbed.data import extra_object_items
+
+    items = extra_object_items(300, seed=4242)  # other draws than the check in training.json
+    readings = evaluator.read(to_float(render_images([(drawn, seed) for _, drawn, seed in items])))
+    flagged = [score_scene(scene, found)["count"] == 0.0 for (scene, _, _), found in zip(items, readings)]
+    assert sum(flagged) / len(flagged) >= 0.98
+    # and the large object alone reads right
+    alone = evaluator.read(to_float(render_images([(scene, seed) for scene, _, seed in items])))
+    assert sum(score_scene(scene, found)["all"] for (scene, _, _), found in zip(items, alone)) / len(items) >= 0.99
 
 
 def test_images_do_not_depend_on_batching(shapes_pipe):

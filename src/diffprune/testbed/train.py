@@ -32,8 +32,8 @@ from .models import TestbedArch, build_models, sampling_scheduler
 @dataclass
 class TrainConfig:
     seed: int = 0
-    arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 128), unet_heads=8))
-    two_object_prob: float = 0.3
+    arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 128), unet_head_dim=16))
+    two_object_prob: float = 0.4
     # evaluator: reads any colour-shape combination, held-out ones included
     evaluator_images: int = 60_000
     evaluator_steps: int = 3_000
@@ -45,7 +45,7 @@ class TrainConfig:
     vae_batch: int = 32
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-6
-    unet_steps: int = 4_000
+    unet_steps: int = 9_000
     unet_batch: int = 32
     unet_lr: float = 1e-3
     warmup_steps: int = 200
@@ -65,13 +65,13 @@ class TrainConfig:
     # curriculum: the first curriculum_steps steps draw every timestep from [curriculum_from, 1000), where the
     # target is the layout the caption asks for (at zero terminal SNR the v-target there is the clean image),
     # so the model learns where things go before it learns to draw them well
-    curriculum_steps: int = 0
-    curriculum_from: int = 800
+    curriculum_steps: int = 800
+    curriculum_from: int = 900
 
     @classmethod
     def quick(cls) -> "TrainConfig":
         return cls(evaluator_images=512, evaluator_steps=10, evaluator_batch=32, images=256, vae_steps=10,
-                   unet_steps=10, warmup_steps=2)
+                   unet_steps=10, warmup_steps=2, curriculum_steps=3)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -339,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zero-terminal-snr", action=argparse.BooleanOptionalAction, default=None,
                         help="zero-terminal-SNR noise schedule with v-prediction; off: epsilon on SD's schedule "
                              "(default: on)")
+    parser.add_argument("--curriculum-steps", type=int,
+                        help="first steps trained on timesteps >= 900 only, where the caption decides the layout "
+                             "(default 800; 0: none)")
     parser.add_argument("--high-noise-share", type=float,
                         help="share of timesteps drawn from the high-noise range (default 0.5; 0: uniform)")
     args = parser.parse_args(argv)
@@ -347,7 +350,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig.quick() if args.quick else TrainConfig()
     cfg.seed = args.seed
     for name in ("unet_lr", "unet_steps", "snr_gamma", "decay_matrices_only", "zero_terminal_snr",
-                 "high_noise_share"):
+                 "high_noise_share", "curriculum_steps"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     out = train(args.out, cfg, resume=args.resume, checkpoint_minutes=args.checkpoint_minutes, device=args.device)
