@@ -19,6 +19,7 @@ from diffprune import archs
 from diffprune._fs import MANIFEST
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
+from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
 from diffprune.measure.params import model_components
 
@@ -130,7 +131,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
         verify_checksums(folder, manifest)
     stored = {}
     for name in _listed_components(index):
-        module = _load_stored_component(folder / name, dtype)
+        module = load_stored_component(folder / name, dtype)
         if module is not None:
             stored[name] = module
     try:
@@ -159,19 +160,6 @@ def _read_manifest(folder: Path) -> dict | None:
     if version > FORMAT_VERSION:
         raise DiffpruneError(f"{folder} was saved by a newer diffprune (format {version}); please upgrade")
     return manifest
-
-
-def _load_stored_component(folder: Path, dtype):
-    """A component saved in one of diffprune's own formats (layer-pruned U-Net, bitmask), or None."""
-    from diffprune.layers.storage import is_layer_pruned_folder, load_unet
-    from diffprune.weights.storage import SPARSE_FILE, decode, is_sparse_folder, load_component
-
-    if is_layer_pruned_folder(folder):
-        state = decode(folder / SPARSE_FILE) if is_sparse_folder(folder) else None
-        return load_unet(folder, dtype, state=state)
-    if is_sparse_folder(folder):
-        return load_component(folder, dtype)
-    return None
 
 
 def _listed_components(index: dict) -> list[str]:
@@ -365,7 +353,7 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
             parent_manifest = _read_manifest(path.resolve().parent)
             if parent_manifest is not None and verify:
                 verify_checksums(path.resolve().parent, parent_manifest, only=path.resolve().name)
-            model = _load_stored_component(path, dtype)
+            model = load_stored_component(path, dtype)
             if model is None:
                 model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
             return model.to(device) if device else model

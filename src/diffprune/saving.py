@@ -7,9 +7,12 @@ import json
 import os
 from pathlib import Path
 
+from torch import nn
+
 from diffprune._fs import MANIFEST, staged_dir
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
+from diffprune.formats import state_format, structure_formats, weights_format_options
 from diffprune.integrity import checksums
 from diffprune.io import FORMAT_VERSION, input_folder
 
@@ -26,12 +29,9 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     The manifest records a SHA-256 of every file. The folder is built in a hidden sibling and renamed into
     place, so a failure leaves nothing behind.
     """
-    from diffprune.weights.storage import FORMAT as SPARSE_FORMAT
-    from diffprune.weights.storage import save_component
-    from diffprune.weights.targets import PRUNABLE_COMPONENTS
-
-    if weights_format not in ("dense", "bitmask"):
-        raise DiffpruneError(f"unknown weights format '{weights_format}' (choose dense or bitmask)")
+    options = weights_format_options()
+    if weights_format not in options:
+        raise DiffpruneError(f"unknown weights format '{weights_format}' (choose {' or '.join(options)})")
     from diffprune import __version__
 
     family = detect_family(pipe)
@@ -46,19 +46,18 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
                 "weights_format": weights_format}
     with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
-        from diffprune.layers.storage import FORMAT as LAYERS_FORMAT
-        from diffprune.layers.storage import is_layer_pruned, save_unet
-
         own_formats = {}
-        if is_layer_pruned(pipe.unet) and save_unet(pipe.unet, staging / "unet") == LAYERS_FORMAT:
-            own_formats["unet"] = LAYERS_FORMAT
-        if weights_format == "bitmask":
-            patterns = _nm_patterns(history)
-            for name in PRUNABLE_COMPONENTS:
+        for name, module in _modules(pipe).items():
+            for fmt in structure_formats():
+                if fmt.applies(module) and fmt.save(module, staging / name) == fmt.name:
+                    own_formats[name] = fmt.name
+        state = state_format(weights_format)
+        if state is not None:
+            for name in state.components:
                 module = getattr(pipe, name, None)
                 if module is not None:
-                    save_component(module, staging / name, patterns.get(name))
-                    own_formats[name] = " + ".join(filter(None, [own_formats.get(name), SPARSE_FORMAT]))
+                    state.save(module, staging / name, name, history)
+                    own_formats[name] = " + ".join(filter(None, [own_formats.get(name), state.name]))
         if own_formats:
             (staging / "README.md").write_text(_own_format_readme(own_formats), encoding="utf-8")
         _drop_load_paths(staging)
@@ -101,12 +100,6 @@ cannot describe always needs diffprune. `diffprune.json` records what was done a
 """
 
 
-def _nm_patterns(history: list[dict]) -> dict[str, tuple[int, int]]:
-    """The N:M pattern each component was last pruned with (so storage can use the N:M layout)."""
-    out = {}
-    for step in history:
-        pattern = str(step.get("pattern", ""))
-        if step.get("step") == "prune-weights" and ":" in pattern:
-            n, m = pattern.split(":")
-            out[step["component"]] = (int(n), int(m))
-    return out
+def _modules(pipe) -> dict:
+    return {name: getattr(pipe, name) for name in pipe.components
+            if isinstance(getattr(pipe, name, None), nn.Module)}

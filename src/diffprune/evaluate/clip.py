@@ -38,7 +38,7 @@ def load_clip(path: str | Path | None, what: str, option: str, processor_path: s
     return model, processor
 
 
-def _embed(model, processor, images: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(model, processor, images: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     pixels = [(img.permute(1, 2, 0).clamp(0, 1) * 255).round().byte().numpy() for img in images]
     inputs = processor(text=list(captions), images=pixels, return_tensors="pt", padding=True, truncation=True)
     with torch.no_grad():
@@ -54,7 +54,7 @@ def _cosines(model, processor, images: torch.Tensor, captions: Sequence[str], ba
         raise DiffpruneError(f"{len(images)} images but {len(captions)} captions")
     out = []
     for i in range(0, len(images), batch_size):
-        img, txt = _embed(model, processor, images[i:i + batch_size], captions[i:i + batch_size])
+        img, txt = embed(model, processor, images[i:i + batch_size], captions[i:i + batch_size])
         out.append((img * txt).sum(-1))
     return torch.cat(out)
 

@@ -6,37 +6,19 @@ sharding of the work gives the same images.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DiffpruneError
 from ..prompt_files import read_prompt_file
-from ..testbed.world import Scene, sample_scene, single_object_scenes, split_of
-
-N_TWO_OBJECT = 28  # with the 72 held-out one-object scenes: 100 prompts
-
+from ..testbed.scenes import fixed_scenes
+from ..testbed.world import Scene
 
 @dataclass(frozen=True)
 class EvalPrompt:
     caption: str
     seed: int
     scene: Scene | None = None  # known for shapes-world prompts: the ground truth
-
-
-def _scenes(split: str) -> list[Scene]:
-    singles = [s for s in single_object_scenes() if split_of(s) == split]
-    if split == "train":  # as many one-object scenes as the held-out list has, drawn once with a fixed seed
-        singles = random.Random(2025).sample(singles, 72)
-    rng, pairs, seen = random.Random(2024 if split == "heldout" else 2026), [], set()
-    while len(pairs) < N_TWO_OBJECT:
-        scene = sample_scene(rng, split, two_object_prob=1.0)
-        if scene.caption not in seen:
-            seen.add(scene.caption)
-            pairs.append(scene)
-    scenes = singles + pairs
-    random.Random(7).shuffle(scenes)  # so that any prefix mixes one- and two-object prompts
-    return scenes
 
 
 def shapes_prompts(n: int | None = None, seed: int = 0, split: str = "heldout") -> list[EvalPrompt]:
@@ -49,7 +31,7 @@ def shapes_prompts(n: int | None = None, seed: int = 0, split: str = "heldout") 
     """
     if split not in ("heldout", "train"):
         raise DiffpruneError(f"unknown split '{split}' (choose heldout or train)")
-    scenes = _scenes(split)
+    scenes = fixed_scenes(split)
     if n is not None and not 1 <= n <= len(scenes):
         raise DiffpruneError(f"--prompts must be between 1 and {len(scenes)}, got {n}")
     return [EvalPrompt(s.caption, seed * 100_003 + i, s) for i, s in enumerate(scenes[:n])]

@@ -140,10 +140,10 @@ def check_inputs(config: EvalConfig) -> None:
 def _feature_fn(resolution: int, config: EvalConfig):
     """Features for the fidelity cosine: a local CLIP if given, else the shapes evaluator for 64x64 images."""
     if config.clip_model:
-        from .clip import _embed, load_clip
+        from .clip import embed, load_clip
 
         model, processor = load_clip(config.clip_model, "feature cosine", "--clip-model")
-        return lambda x: _embed(model, processor, x, [""] * len(x))[0]
+        return lambda x: embed(model, processor, x, [""] * len(x))[0]
     if resolution == 64:
         from ..testbed.evaluator import load_evaluator
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from diffprune.calibration import calibration_prompts
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 
@@ -55,14 +56,7 @@ class CalibrationSet:
 
 
 def _prompts(config: LayerCalibrationConfig) -> list[str]:
-    if config.prompts is not None:
-        prompts = [p for p in config.prompts if p.strip()]
-        if not prompts:
-            raise DiffpruneError("the calibration prompt list is empty")
-        return [prompts[i % len(prompts)] for i in range(config.num_prompts)]
-    from diffprune.evaluate.prompts import shapes_prompts
-
-    return [p.caption for p in shapes_prompts(config.num_prompts, seed=config.seed + 1, split="train")]
+    return calibration_prompts(config.prompts, config.num_prompts)
 
 
 def _cond_half(value, batch: int):

@@ -17,7 +17,8 @@ import torch
 
 from diffprune.errors import DiffpruneError, first_line
 
-from .surgery import SkippedTransformer, is_skipped, remove_units, removed_modules
+from .standins import SkippedTransformer, is_skipped
+from .surgery import remove_units, removed_modules
 
 MARKER = "diffprune_layers.json"
 WEIGHTS_FILE = "diffprune_layers.safetensors"  # not diffusers' file name, so stock loading fails loudly
@@ -30,6 +31,13 @@ def is_layer_pruned(unet) -> bool:
     if removed_modules(unet):
         return True
     return _depths(unet) != _config_depths(unet)
+
+
+def is_layer_pruned_unet(module) -> bool:
+    """Whether ``module`` is a ``UNet2DConditionModel`` with units removed (any other module: False)."""
+    from diffusers import UNet2DConditionModel
+
+    return isinstance(module, UNet2DConditionModel) and is_layer_pruned(module)
 
 
 def _depths(unet) -> dict[str, int]:

@@ -16,6 +16,8 @@ import torch
 
 from diffprune.errors import DiffpruneError
 
+from .standins import is_skipped
+
 GRANULARITIES = ("block", "layer")
 
 
@@ -43,15 +45,15 @@ def unit_flops(unet, resolution: int | None = None, vae_scale_factor: int = 8, t
     """FLOPs per module path of one U-Net call (batch 1), counted once on the meta device."""
     from torch.func import functional_call
 
-    from diffprune.measure.flops import _to_meta, flop_counter
+    from diffprune.measure.flops import to_meta, flop_counter
     from diffprune.measure.inputs import unet_inputs
 
     resolution = resolution or int(unet.config.sample_size) * vae_scale_factor
     kwargs = unet_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_scale_factor,
                          text_length=text_length)
-    state = {name: _to_meta(t) for name, t in unet.state_dict(keep_vars=True).items()}
+    state = {name: to_meta(t) for name, t in unet.state_dict(keep_vars=True).items()}
     with torch.no_grad(), flop_counter() as counter:
-        functional_call(unet, state, (), _to_meta(kwargs), tie_weights=True, strict=False)
+        functional_call(unet, state, (), to_meta(kwargs), tie_weights=True, strict=False)
     prefix = type(unet).__name__ + "."
     return {name[len(prefix):]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()
             if name.startswith(prefix)}
@@ -65,8 +67,6 @@ def enumerate_units(unet, granularity: str = "block", resolution: int | None = N
         raise DiffpruneError(f"granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
     flops = unit_flops(unet, resolution, vae_scale_factor, text_length) if with_flops else {}
     units: list[Unit] = []
-
-    from .surgery import is_skipped
 
     def add(name: str, kind: str, module, removable: bool = True, reason: str = "") -> None:
         units.append(Unit(name, kind, _params(module), int(flops.get(name, 0)), removable, reason))

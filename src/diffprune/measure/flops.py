@@ -87,13 +87,14 @@ class _MethodCall(nn.Module):
         return getattr(self.inner, self.method)(*args, **kwargs)
 
 
-def _to_meta(value):
+def to_meta(value):
+    """``value`` with every tensor (also inside dicts, lists and tuples) replaced by an empty one on ``meta``."""
     if isinstance(value, torch.Tensor):
         return torch.empty_like(value, device="meta")
     if isinstance(value, dict):
-        return {k: _to_meta(v) for k, v in value.items()}
+        return {k: to_meta(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_to_meta(v) for v in value)
+        return type(value)(to_meta(v) for v in value)
     return value
 
 
@@ -110,8 +111,8 @@ def count_flops(module: nn.Module, *args, method: str = "forward", on_meta: bool
             with flop_counter() as counter:
                 target(*args, **kwargs)
             return _summarise(counter)
-        state = {name: _to_meta(t) for name, t in target.state_dict(keep_vars=True).items()}
-        args, kwargs = _to_meta(args), _to_meta(kwargs)
+        state = {name: to_meta(t) for name, t in target.state_dict(keep_vars=True).items()}
+        args, kwargs = to_meta(args), to_meta(kwargs)
         with flop_counter() as counter:
             torch.func.functional_call(target, state, args, kwargs, tie_weights=True, strict=False)
     return _summarise(counter)

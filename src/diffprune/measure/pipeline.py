@@ -13,6 +13,7 @@ from .flops import FlopCount, count_flops
 from .inputs import text_encoder_inputs, unet_inputs, vae_decode_inputs
 from .latency import LatencyStats, measure_latency
 from .params import ParamCounts, count_params
+from .runtime import applied_runtime_patch
 
 
 @dataclass
@@ -99,21 +100,21 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
     unet, factor, text_length = _unet_parts(pipe)
     resolution = resolution or default_resolution(pipe)
     call = unet_call(pipe, resolution=resolution, batch=batch) if latency_repeats > 0 else None
-    from diffprune import tokens as token_pruning
-
-    config = token_pruning.applied_config(unet)
+    patch = applied_runtime_patch(unet)
     per_step = None
-    if config is not None and steps is None:
+    if patch is not None and steps is None:
         steps = 20
-    if steps is not None:
-        schedule = token_pruning.schedule_flops(pipe, steps, resolution=resolution, batch=batch,
-                                                vae_scale_factor=factor, text_length=text_length)
+    if steps is not None and patch is not None:
+        schedule = patch[0].schedule_flops(pipe, steps, resolution=resolution, batch=batch,
+                                           vae_scale_factor=factor, text_length=text_length)
         unet_flops = FlopCount(total=round(schedule.mean_tflops * 1e12),
                                attention=round(schedule.mean_attention_tflops * 1e12))
         per_step = [f.tflops for f in schedule.per_step]
-    else:
+    else:  # every call costs the same
         unet_flops = count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=batch,
                                                      vae_scale_factor=factor, text_length=text_length))
+        if steps is not None:
+            per_step = [unet_flops.tflops] * steps
     te_flops, vae_flops = {}, None
     if unet is not pipe:
         for name in ("text_encoder", "text_encoder_2"):
@@ -131,4 +132,4 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
     return PipelineMeasurement(family=family.value, resolution=resolution, batch=batch, params=count_params(pipe),
                                unet_flops=unet_flops, text_encoder_flops=te_flops, vae_decode_flops=vae_flops,
                                unet_latency=latency, source=source, steps=steps, unet_tflops_per_step=per_step,
-                               tokens=None if config is None else config.spec())
+                               tokens=None if patch is None else patch[1])

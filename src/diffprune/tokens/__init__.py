@@ -1,9 +1,19 @@
 """Training-free run-time token pruning (AT-EDM: G-WPR ranking, similarity recovery, DSAP) and the baselines it
 is compared with (ToMe, random), as idempotent ``apply`` / ``remove`` patches of a diffusers U-Net."""
 
+from diffprune.measure.runtime import RuntimePatchKind, register_runtime_patch
+
 from .config import METHODS, TokenPruningConfig, parse_spec, with_ratio
 from .measure import ScheduleFlops, ratio_for_flops, schedule_flops
 from .patch import applied_config, apply, at_timestep, remove
+
+
+def _describe(unet) -> str | None:
+    config = applied_config(unet)
+    return None if config is None else config.spec()
+
+
+register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops))
 
 __all__ = ["METHODS", "ScheduleFlops", "TokenPruningConfig", "applied_config", "apply", "at_timestep",
            "parse_spec", "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from diffprune.measure.flops import FlopCount, count_flops
 from diffprune.measure.inputs import unet_inputs
 
-from .patch import _ATTR, at_timestep, unet_of
+from .patch import active_patch, at_timestep, unet_of
 from .schedule import ratio_for
 
 
@@ -55,7 +55,7 @@ def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_s
     unet = unet_of(target)
     vae_scale_factor, text_length = _geometry(target, vae_scale_factor, text_length)
     timesteps = schedule_timesteps(target, steps)
-    patch = unet.__dict__.get(_ATTR)
+    patch = active_patch(unet)
     inputs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,
                          text_length=text_length)
     cache: dict[tuple, FlopCount] = {}

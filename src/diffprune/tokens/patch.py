@@ -246,9 +246,14 @@ def remove(target):
     return target
 
 
+def active_patch(target):
+    """The patch :func:`apply` installed on ``target``'s U-Net (its config and run-time state), or ``None``."""
+    return unet_of(target).__dict__.get(_ATTR)
+
+
 def applied_config(target) -> TokenPruningConfig | None:
     """The configuration applied to ``target``'s U-Net, or ``None``."""
-    patch = unet_of(target).__dict__.get(_ATTR)
+    patch = active_patch(target)
     return None if patch is None else patch.config
 
 
@@ -256,7 +261,7 @@ def applied_config(target) -> TokenPruningConfig | None:
 def at_timestep(target, timestep: float | None):
     """Run the patched U-Net as if called at ``timestep`` (for FLOPs counts on the ``meta`` device, where the
     timestep tensor has no value)."""
-    patch = unet_of(target).__dict__.get(_ATTR)
+    patch = active_patch(target)
     if patch is None:
         yield
         return

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffprune.calibration import calibration_prompts
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 from diffprune.weights.targets import Target
@@ -44,13 +45,7 @@ class CalibrationConfig:
             raise DiffpruneError("calibration step weights need 0 < weight_min <= weight_max")
 
     def prompt_list(self) -> list[str]:
-        if self.prompts is not None:
-            if not self.prompts:
-                raise DiffpruneError("the calibration prompt list is empty")
-            return list(self.prompts)[: self.num_prompts]
-        from diffprune.evaluate.prompts import shapes_prompts
-
-        return [p.caption for p in shapes_prompts(self.num_prompts, seed=self.seed + 7, split="train")]
+        return calibration_prompts(self.prompts, self.num_prompts)
 
     def step_weights(self) -> list[float]:
         """One weight per denoising step, first (noisiest) step first."""

@@ -17,7 +17,7 @@ from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import make_config
 from diffprune.weights.prune import check_recipe, prune
-from diffprune.weights.sweep import LOWER_IS_BETTER, _backup, _restore
+from diffprune.weights.sweep import LOWER_IS_BETTER, backup_weights, restore_weights
 
 
 @dataclass
@@ -66,7 +66,7 @@ class SearchResult:
 class _Evaluator:
     def __init__(self, pipe, config: SearchConfig, score, calibration, progress: bool):
         self.pipe, self.config, self.score, self.calibration = pipe, config, score, calibration
-        self.backup = _backup(pipe, config.components)
+        self.backup = backup_weights(pipe, config.components)
         self.dense = score(pipe)
         if config.metric not in self.dense:
             raise DiffpruneError(f"the suite reports no metric '{config.metric}' (it has: {', '.join(self.dense)})")
@@ -90,7 +90,7 @@ class _Evaluator:
                     prune(self.pipe, recipe, self.calibration)
                 value = self.score(self.pipe)[c.metric]
             finally:
-                _restore(self.pipe, self.backup)
+                restore_weights(self.pipe, self.backup)
             self.cache[key] = value
             self.log.append({"sparsities": dict(sparsities), "value": value, "drop": self.drop(value)})
             self.bar.update()

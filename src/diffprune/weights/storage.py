@@ -240,3 +240,20 @@ def canonical_header(file: str | Path) -> None:
 
 def is_sparse_folder(folder: str | Path) -> bool:
     return (Path(folder) / SPARSE_FILE).is_file()
+
+
+def nm_pattern(history: list[dict], component: str) -> tuple[int, int] | None:
+    """The N:M pattern ``component`` was last pruned with according to a pipeline's history (so storage can use
+    the N:M layout), or ``None``."""
+    found = None
+    for step in history:
+        pattern = str(step.get("pattern", ""))
+        if step.get("step") == "prune-weights" and step.get("component") == component and ":" in pattern:
+            n, m = pattern.split(":")
+            found = (int(n), int(m))
+    return found
+
+
+def save_for_pipeline(module: nn.Module, folder: Path, component: str, history: list) -> None:
+    """:func:`save_component` with the N:M layout the pipeline's history records for ``component``."""
+    save_component(module, folder, nm_pattern(history, component))

@@ -87,12 +87,13 @@ class SweepResult:
                 "collapse": {f"{m}/{c}": self.collapse(m, c, fraction) for m, c in pairs}}
 
 
-def _backup(pipe, components: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+def backup_weights(pipe, components: list[str]) -> dict[str, dict[str, torch.Tensor]]:
+    """A copy of the named components' weights, for :func:`restore_weights`."""
     return {c: {k: v.detach().clone() for k, v in getattr(pipe, c).state_dict().items()} for c in components}
 
 
 @torch.no_grad()
-def _restore(pipe, backup: dict[str, dict[str, torch.Tensor]]) -> None:
+def restore_weights(pipe, backup: dict[str, dict[str, torch.Tensor]]) -> None:
     for c, state in backup.items():
         getattr(pipe, c).load_state_dict(state)
 
@@ -110,7 +111,7 @@ def run_sweep(pipe, config: SweepConfig, score: Callable[[object], dict], calibr
     if config.metric not in dense or not isinstance(dense[config.metric], (int, float)):
         raise DiffpruneError(f"the suite reports no metric '{config.metric}' (it has: {', '.join(dense)})")
     result = SweepResult(config.metric, dense)
-    backup = _backup(pipe, config.components)
+    backup = backup_weights(pipe, config.components)
     try:
         for (m, c, s), recipe in tqdm(recipes.items(), desc="sweep", disable=not progress):
             start = time.perf_counter()
@@ -118,9 +119,9 @@ def run_sweep(pipe, config: SweepConfig, score: Callable[[object], dict], calibr
             metrics = score(pipe)
             result.points.append(SweepPoint(m, c, s, metrics, pruned.components[c].sparsity,
                                             round(time.perf_counter() - start, 2)))
-            _restore(pipe, backup)
+            restore_weights(pipe, backup)
     finally:
-        _restore(pipe, backup)
+        restore_weights(pipe, backup)
     return result
 
 

@@ -1,0 +1,37 @@
+"""Run-time patches that make a U-Net's cost differ from step to step (token pruning) register here, so that
+measurement can count them without depending on the family that installs them.
+
+A registered patch kind gives two functions: ``describe(unet)`` returns the applied patch's spec string, or
+``None`` when the U-Net carries no such patch; ``schedule_flops(target, steps, *, resolution, batch,
+vae_scale_factor, text_length)`` counts a ``steps``-step schedule and returns an object with ``mean_tflops``,
+``mean_attention_tflops`` and ``per_step`` (each with ``tflops``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class RuntimePatchKind:
+    name: str
+    describe: Callable[[object], str | None]
+    schedule_flops: Callable[..., object]
+
+
+_KINDS: dict[str, RuntimePatchKind] = {}
+
+
+def register_runtime_patch(kind: RuntimePatchKind) -> None:
+    """Register (or replace, by name) a kind of run-time patch."""
+    _KINDS[kind.name] = kind
+
+
+def applied_runtime_patch(unet) -> tuple[RuntimePatchKind, str] | None:
+    """The registered patch kind applied to ``unet`` and its spec, or ``None``."""
+    for kind in _KINDS.values():
+        spec = kind.describe(unet)
+        if spec is not None:
+            return kind, spec
+    return None
