@@ -64,7 +64,7 @@ def run_layer_command(args) -> int:
     from diffprune.cli_source import input_paths, load_source
     from diffprune.errors import DiffpruneError
     from diffprune.io import input_folder
-    from diffprune.layers import build_preset, prune
+    from diffprune.layers import apply_preset, prune
     from diffprune.report import to_jsonable
 
     inputs = input_paths(args)
@@ -73,18 +73,13 @@ def run_layer_command(args) -> int:
     pipe = load_source(args)
     if type(getattr(pipe, "unet", None)).__name__ != "UNet2DConditionModel":
         raise DiffpruneError(f"{args.source} is not a pipeline with a UNet2DConditionModel; prune-layers needs one")
-    before = sum(p.numel() for p in pipe.unet.parameters())
     if config is None:
-        pipe.unet = build_preset(pipe.unet, args.preset)
-        removed, label = [], f"preset {args.preset}"
+        result = apply_preset(pipe, args.preset)
+        label = f"preset {args.preset}"
     else:
         result = prune(pipe, config, progress=sys.stderr.isatty())
-        removed, label = result.removed, f"{config.criterion}, {config.granularity} granularity"
-    after = sum(p.numel() for p in pipe.unet.parameters())
-    info = dict(getattr(pipe, "_diffprune", None) or {})
-    info.setdefault("history", []).append({"step": "prune-layers", "method": label, "removed": removed,
-                                          "params_before": before, "params_after": after})
-    pipe._diffprune = info
+        label = f"{config.criterion}, {config.granularity} granularity"
+    removed, before, after = result.removed, result.params_before, result.params_after
     out = save(pipe, args.out, overwrite=args.overwrite)
     from diffprune.layers.storage import is_layer_pruned_folder
 
@@ -93,14 +88,12 @@ def run_layer_command(args) -> int:
     for name in removed:
         print(f"  - {name}")
     print(f"  U-Net parameters: {before:,} -> {after:,} ({1 - after / before:.2%} removed)")
-    if config is not None:
-        print(f"  U-Net FLOPs per call: {result.flops_before / 1e9:.3f} -> {result.flops_after / 1e9:.3f} GFLOPs "
-              f"({result.flops_ratio:.2%} removed)")
+    print(f"  U-Net FLOPs per call: {result.flops_before / 1e9:.3f} -> {result.flops_after / 1e9:.3f} GFLOPs "
+          f"({result.flops_ratio:.2%} removed)")
     if args.json:
         data = {"source": args.source, "method": label, "removed": removed, "params_before": before,
                 "params_after": after, "out": str(out), "unet_format": kind}
-        if config is not None:
-            data.update(flops_before=result.flops_before, flops_after=result.flops_after)
+        data.update(flops_before=result.flops_before, flops_after=result.flops_after)
         atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n", overwrite=args.overwrite,
                           protect=[*inputs, input_folder(pipe)])
         print(f"  wrote {args.json}")

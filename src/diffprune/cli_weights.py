@@ -29,8 +29,8 @@ def _names(text: str) -> list[str]:
 
 def _add_pruning_options(p, positive_int) -> None:
     p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M such as 2:4, 4:8")
-    p.add_argument("--scope", choices=["layer", "global"], default="layer",
-                   help="magnitude: one threshold per weight matrix (default) or one per component")
+    p.add_argument("--scope", choices=["layer", "global"],
+                   help="magnitude only: one threshold per weight matrix (default) or one per component")
     p.add_argument("--conv", action="store_true", help="also prune Conv2d layers of the U-Net")
     p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
     p.add_argument("--calib-num-prompts", type=positive_int, default=32, help="calibration prompts used (default 32)")
@@ -110,8 +110,10 @@ def _recipe(args) -> dict:
             continue
         if not 0 <= value < 1:
             raise DiffpruneError(f"--{flag.replace('_', '-')}-sparsity must be in [0, 1), got {value:g}")
+        # --seed also seeds the calibration noise: it is random pruning's own option only for that method
         recipe[flag] = make_config(args.method, value, scope=args.scope, pattern=args.pattern,
-                                   include_conv=args.conv and flag == "unet", seed=args.seed)
+                                   include_conv=args.conv and flag == "unet",
+                                   seed=args.seed if args.method == "random" else None)
     if not recipe:
         raise DiffpruneError("give at least one of --unet-sparsity, --text-encoder-sparsity, --text-encoder-2-sparsity")
     return recipe
@@ -189,7 +191,7 @@ def _sweep(args) -> int:
     from diffprune.weights.sweep import SweepConfig, fmt_table, plot_sweep, run_sweep
 
     config = SweepConfig(methods=args.methods, components=args.components, sparsities=args.sparsities,
-                         metric=args.metric, pattern=args.pattern, include_conv=args.conv, scope=args.scope,
+                         metric=args.metric, pattern=args.pattern, include_conv=args.conv, scope=args.scope or "layer",
                          seed=args.seed, collapse_fraction=args.collapse_fraction)
     report, score, calibration, pipe = _prepared(args, config, "diffprune sweep")
     result = run_sweep(pipe, config, score, calibration, progress=sys.stderr.isatty())
@@ -216,7 +218,7 @@ def _search(args) -> int:
 
     config = SearchConfig(method=args.method, components=args.components, budget=args.budget, metric=args.metric,
                           step=args.step, max_sparsity=args.max_sparsity, pattern=args.pattern,
-                          include_conv=args.conv, scope=args.scope, seed=args.seed)
+                          include_conv=args.conv, scope=args.scope or "layer", seed=args.seed)
     report, score, calibration, pipe = _prepared(args, config, "diffprune search")
     result = search(pipe, config, score, calibration, progress=sys.stderr.isatty())
     best = ", ".join(f"{c} {s:.1%}" for c, s in result.best.items())

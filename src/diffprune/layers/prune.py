@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from diffprune.errors import DiffpruneError
+from diffprune.history import record_step
 
 from .criterion import CRITERIA, CalibrationSet, LayerCalibrationConfig, record_calibration, score_units
 from .select import SOLVERS, select
@@ -47,7 +48,8 @@ class LayerPruneResult:
     params_after: int
     flops_before: int
     flops_after: int
-    config: LayerPruningConfig
+    config: LayerPruningConfig | None
+    preset: str | None = None
 
     @property
     def params_ratio(self) -> float:
@@ -121,6 +123,28 @@ def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet |
     flops_before = _unet_flops(unet, vae_factor, text_length)
     removed, scores, units = plan(pipe, config, data, progress=progress)
     remove_units(unet, removed, {u.name: u for u in units})
-    return LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
-                            params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
-                            flops_after=_unet_flops(unet, vae_factor, text_length), config=config)
+    result = LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
+                              params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
+                              flops_after=_unet_flops(unet, vae_factor, text_length), config=config)
+    record_step(pipe, {"step": "prune-layers", "method": f"{config.criterion}, {config.granularity} granularity",
+                       "removed": removed, "params_before": params_before, "params_after": result.params_after})
+    return result
+
+
+def apply_preset(pipe, preset: str) -> LayerPruneResult:
+    """Replace ``pipe.unet`` by the handcrafted ``preset`` (BK-SDM) built from it, and record the step."""
+    from .presets import build_preset
+
+    unet = pipe.unet
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
+    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    params_before = sum(p.numel() for p in unet.parameters())
+    flops_before = _unet_flops(unet, vae_factor, text_length)
+    pipe.unet = build_preset(unet, preset)
+    result = LayerPruneResult(removed=[], scores={}, params_before=params_before,
+                              params_after=sum(p.numel() for p in pipe.unet.parameters()),
+                              flops_before=flops_before, flops_after=_unet_flops(pipe.unet, vae_factor, text_length),
+                              config=None, preset=preset)
+    record_step(pipe, {"step": "prune-layers", "method": f"preset {preset}", "removed": [],
+                       "params_before": params_before, "params_after": result.params_after})
+    return result

@@ -27,8 +27,8 @@ def attention_sites(unet) -> list[AttentionSite]:
     def add(prefix: str, block, level: int, first_or_last: int | None) -> None:
         attentions = getattr(block, "attentions", None) or []
         for i, t2d in enumerate(attentions):
-            if not getattr(t2d, "is_input_continuous", False):
-                continue
+            if not getattr(t2d, "is_input_continuous", False) or len(t2d.transformer_blocks) == 0:
+                continue  # a stand-in, or a module whose every layer was pruned away: nothing runs on tokens
             spared = first_or_last is not None and i == (0 if first_or_last == 0 else len(attentions) - 1)
             sites.append((f"{prefix}.attentions.{i}", level, len(t2d.transformer_blocks), spared))
 

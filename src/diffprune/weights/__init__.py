@@ -4,7 +4,7 @@ from diffprune.formats import StateFormat, register_state_format
 from diffprune.prompt_files import read_prompt_file
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import (METHODS, MagnitudeConfig, OWLConfig, PruneConfig, RandomConfig, SparseGPTConfig,
-                                      WandaConfig, make_config)
+                                      WandaConfig, make_config, method_options)
 from diffprune.weights.prune import ComponentResult, PruneResult, prune
 from diffprune.weights.storage import FORMAT, SPARSE_FILE, decode, is_sparse_folder, load_component, save_for_pipeline
 from diffprune.weights.targets import PRUNABLE_COMPONENTS
@@ -14,5 +14,5 @@ register_state_format(StateFormat(
     read=lambda folder: decode(folder / SPARSE_FILE), load=load_component, save=save_for_pipeline))
 
 __all__ = ["METHODS", "CalibrationConfig", "ComponentResult", "MagnitudeConfig", "OWLConfig", "PruneConfig",
-           "PruneResult", "RandomConfig", "SparseGPTConfig", "WandaConfig", "make_config", "prune",
+           "PruneResult", "RandomConfig", "SparseGPTConfig", "WandaConfig", "make_config", "method_options", "prune",
            "read_prompt_file"]

@@ -130,12 +130,30 @@ METHODS: dict[str, type[PruneConfig]] = {
 }
 
 
+def method_options(method: str, **options) -> dict:
+    """The ``options`` that ``method`` uses. For sweeps and searches, whose settings are shared by every method
+    they run (``scope`` belongs to magnitude, ``seed`` to random); a single prune passes its options to
+    :func:`make_config` as given, where an unused one is an error."""
+    cls = METHODS.get(method)
+    if cls is None:
+        raise DiffpruneError(f"unknown pruning method '{method}' (choose from {', '.join(METHODS)})")
+    return {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+
+
 def make_config(method: str, sparsity: float, **options) -> PruneConfig:
-    """A validated config for ``method`` by name (options not used by that method are ignored)."""
+    """A validated config for ``method`` by name. Options given as ``None`` count as not given; an option the
+    method does not use is an error (``wanda`` with ``scope="global"`` would otherwise be silently ignored)."""
     cls = METHODS.get(method)
     if cls is None:
         raise DiffpruneError(f"unknown pruning method '{method}' (choose from {', '.join(METHODS)})")
     fields = cls.__dataclass_fields__
-    config = cls(sparsity=sparsity, **{k: v for k, v in options.items() if k in fields and v is not None})
+    given = {k: v for k, v in options.items() if v is not None}
+    unused = [k for k in given if k not in fields]
+    if unused:
+        usable = ", ".join(k for k in fields if k != "sparsity")
+        raise DiffpruneError(f"{method} does not use the option '{unused[0]}' (its options: {usable})")
+    if not isinstance(sparsity, (int, float)) or isinstance(sparsity, bool):
+        raise DiffpruneError(f"sparsity must be a number, got {sparsity!r}")
+    config = cls(sparsity=sparsity, **given)
     config.validate()
     return config

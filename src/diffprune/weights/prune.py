@@ -14,6 +14,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
+from diffprune.history import record_step
 from diffprune.weights.calibrate import CalibrationConfig, Collector, run_sampling, run_text_encoder
 from diffprune.weights.config import MagnitudeConfig, OWLConfig, PruneConfig, RandomConfig, SparseGPTConfig
 from diffprune.weights.magnitude import magnitude_prune, random_prune
@@ -181,12 +182,7 @@ def prune(pipe, recipe: dict[str, PruneConfig], calibration: CalibrationConfig |
             component_params=sum(p.numel() for p in params),
             component_zeros=sum(p.numel() - int(torch.count_nonzero(p)) for p in params),
             seconds=round(time.perf_counter() - start, 3))
-    if not isinstance(pipe, nn.Module):
-        info = dict(getattr(pipe, "_diffprune", None) or {})
-        history = list(info.get("history", []))
-        for name, r in result.components.items():
-            history.append({"step": "prune-weights", "component": name, "method": r.method, "pattern": r.pattern,
-                            "sparsity": r.target_sparsity, "achieved": round(r.sparsity, 6)})
-        info["history"] = history
-        pipe._diffprune = info
+    for name, r in result.components.items():
+        record_step(pipe, {"step": "prune-weights", "component": name, "method": r.method, "pattern": r.pattern,
+                           "sparsity": r.target_sparsity, "achieved": round(r.sparsity, 6)})
     return result

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
-from diffprune.weights.config import make_config
+from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
 from diffprune.weights.sweep import LOWER_IS_BETTER, backup_weights, restore_weights
 
@@ -42,7 +42,7 @@ class SearchConfig:
             raise DiffpruneError("search varies the sparsity; an N:M pattern fixes it")
         if not self.components:
             raise DiffpruneError("search needs at least one component")
-        make_config(self.method, self.step, scope=self.scope)
+        make_config(self.method, self.step, **method_options(self.method, scope=self.scope))
 
     def grid(self) -> list[float]:
         n = int(round(self.max_sparsity / self.step + 1e-9))
@@ -82,8 +82,8 @@ class _Evaluator:
         key = tuple(sparsities.get(c, 0.0) for c in self.config.components)
         if key not in self.cache:
             c = self.config
-            recipe = {name: make_config(c.method, s, scope=c.scope, seed=c.seed,
-                                        include_conv=c.include_conv and name == "unet")
+            recipe = {name: make_config(c.method, s, **method_options(
+                          c.method, scope=c.scope, seed=c.seed, include_conv=c.include_conv and name == "unet"))
                       for name, s in sparsities.items() if s > 0}
             try:
                 if recipe:
@@ -103,8 +103,8 @@ class _Evaluator:
 def search(pipe, config: SearchConfig, score: Callable[[object], dict],
            calibration: CalibrationConfig | None = None, *, progress: bool = False) -> SearchResult:
     config.validate()
-    check_recipe(pipe, {c: make_config(config.method, config.step, scope=config.scope,
-                                       include_conv=config.include_conv and c == "unet")
+    check_recipe(pipe, {c: make_config(config.method, config.step, **method_options(
+                            config.method, scope=config.scope, include_conv=config.include_conv and c == "unet"))
                         for c in config.components})
     ev = _Evaluator(pipe, config, score, calibration, progress)
     grid = config.grid()

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
-from diffprune.weights.config import make_config
+from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
 
 LOWER_IS_BETTER = ("fd", "fid")
@@ -41,7 +41,7 @@ class SweepConfig:
                 raise DiffpruneError(f"sparsities must be in [0, 1), got {s:g}")
         for m in self.methods:
             for s in self.sparsities:
-                make_config(m, s, pattern=self.pattern, scope=self.scope)
+                make_config(m, s, **method_options(m, pattern=self.pattern, scope=self.scope))
         if not 0 < self.collapse_fraction < 1:
             raise DiffpruneError("collapse_fraction must be in (0, 1)")
 
@@ -102,8 +102,9 @@ def run_sweep(pipe, config: SweepConfig, score: Callable[[object], dict], calibr
               *, progress: bool = False) -> SweepResult:
     """Evaluate ``score(pipe)`` (a dict of metrics) on the dense pipeline and at every grid point."""
     config.validate()
-    recipes = {(m, c, s): {c: make_config(m, s, pattern=config.pattern, scope=config.scope, seed=config.seed,
-                                          include_conv=config.include_conv and c == "unet")}
+    recipes = {(m, c, s): {c: make_config(m, s, **method_options(
+                               m, pattern=config.pattern, scope=config.scope, seed=config.seed,
+                               include_conv=config.include_conv and c == "unet"))}
                for m in config.methods for c in config.components for s in config.sparsities}
     for recipe in recipes.values():
         check_recipe(pipe, recipe)  # every point is checked before the first (long) evaluation
