@@ -113,3 +113,17 @@ def test_token_pruning_after_a_layer_step_that_emptied_an_attention_module(shape
     diffprune.tokens.apply(pipe, diffprune.tokens.parse_spec("atedm:ratio=0.5"))
     assert torch.isfinite(_image(pipe)).all()
     diffprune.tokens.remove(pipe)
+
+
+def test_save_then_load_of_a_composed_pipeline_draws_the_same_images(shapes, tmp_path):
+    # layers + weights + tokens: the U-Net is stored layer-pruned and sparse, the token step in the manifest
+    pipe = copy.deepcopy(shapes)
+    compress(pipe, Recipe.from_dict(STACK), progress=False)
+    expected = _image(pipe)
+    folder = diffprune.save(pipe, tmp_path / "stack", weights_format="bitmask")
+    loaded = diffprune.load(folder)
+    loaded.set_progress_bar_config(disable=True)
+    assert diffprune.tokens.applied_config(loaded).spec() == "atedm:ratio=0.5"
+    assert torch.equal(_image(loaded), expected)
+    bare = diffprune.load(folder, runtime_patches=False)  # the opt-out: no token patch
+    assert diffprune.tokens.applied_config(bare) is None

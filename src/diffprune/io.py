@@ -22,6 +22,7 @@ from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
 from diffprune.measure.params import model_components
+from diffprune.measure.runtime import runtime_patch_kind
 
 FORMAT_VERSION = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -116,7 +117,7 @@ def _load_component_folder(folder: Path, config: dict, dtype):
     return model.eval().requires_grad_(False)
 
 
-def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
+def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patches: bool = True):
     from diffusers import DiffusionPipeline
 
     index = _read_json(folder / "model_index.json")
@@ -143,7 +144,25 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True):
             _check_complete(module, folder / name)
     if manifest is not None:
         pipe._diffprune = {"source": str(folder), "history": manifest.get("history", [])}
+        if runtime_patches:
+            _reapply_runtime_patches(pipe, manifest, folder)
     return pipe
+
+
+def _reapply_runtime_patches(pipe, manifest: dict, folder: Path) -> None:
+    """Install the run-time patches (token pruning) the pipeline carried when it was saved."""
+    patches = manifest.get("runtime_patches") or {}
+    if not isinstance(patches, dict):
+        raise DiffpruneError(f"{folder / MANIFEST} has a malformed runtime_patches entry; the folder is damaged")
+    for name, spec in sorted(patches.items()):
+        kind = runtime_patch_kind(name)
+        if kind is None:
+            raise DiffpruneError(f"{folder} was saved with a '{name}' run-time patch this diffprune does not know; "
+                                 "upgrade diffprune, or load with runtime_patches=False")
+        try:
+            kind.apply(pipe, str(spec))
+        except DiffpruneError as e:
+            raise DiffpruneError(f"{folder}: cannot re-apply its {name} patch '{spec}': {e}") from None
 
 
 def _read_manifest(folder: Path) -> dict | None:
@@ -301,7 +320,7 @@ def _load_hub(repo_id: str, dtype, cache_dir: str | None):
 def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
          device: str | torch.device | None = None, component: str | None = None, seed: int = 0,
          config: str | None = None, cache_dir: str | None = None, verify: bool = True,
-         allow_nonfinite: bool = False):
+         allow_nonfinite: bool = False, runtime_patches: bool = True):
     """Load ``source`` as a diffusers pipeline (or only ``component`` of it, e.g. ``"unet"``).
 
     ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
@@ -312,16 +331,18 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
 
     Every ``model_index.json`` entry must name a diffusers or transformers class (code inside a model folder
     is never imported). A folder diffprune saved is checked against the SHA-256 sums in its manifest unless
-    ``verify=False``. Weights holding NaN or infinity are refused unless ``allow_nonfinite=True``.
+    ``verify=False``. Weights holding NaN or infinity are refused unless ``allow_nonfinite=True``. Run-time
+    patches the pipeline carried when diffprune saved it (token pruning) are applied again unless
+    ``runtime_patches=False``.
     """
     pipe = _load_source(source, dtype=dtype, device=device, component=component, seed=seed, config=config,
-                        cache_dir=cache_dir, verify=verify)
+                        cache_dir=cache_dir, verify=verify, runtime_patches=runtime_patches)
     if not allow_nonfinite and not str(source).startswith("random:"):
         check_finite(pipe)
     return pipe
 
 
-def _load_source(source, *, dtype, device, component, seed, config, cache_dir, verify):
+def _load_source(source, *, dtype, device, component, seed, config, cache_dir, verify, runtime_patches=True):
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     text = str(source)
@@ -339,13 +360,13 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     if path.is_file():
         if path.name in ("config.json", "model_index.json"):
             return _load_source(path.parent, dtype=dtype, device=device, component=component, seed=seed,
-                                config=config, cache_dir=cache_dir, verify=verify)
+                                config=config, cache_dir=cache_dir, verify=verify, runtime_patches=runtime_patches)
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise DiffpruneError(f"{path} is not a checkpoint file ({', '.join(SINGLE_FILE_SUFFIXES)})")
         pipe = _load_single_file(path, dtype, config)
     elif path.is_dir():
         if (path / "model_index.json").is_file():
-            pipe = _load_pipeline_folder(path, dtype, verify)
+            pipe = _load_pipeline_folder(path, dtype, verify, runtime_patches)
         elif (path / "config.json").is_file():
             if component is not None:
                 raise DiffpruneError(f"{path} holds a single component; do not ask for component '{component}'")

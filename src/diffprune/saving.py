@@ -14,6 +14,7 @@ from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 from diffprune.formats import state_format, structure_formats, weights_format_options
 from diffprune.integrity import checksums
+from diffprune.measure.runtime import applied_runtime_patches
 from diffprune.io import FORMAT_VERSION, input_folder
 
 
@@ -44,6 +45,10 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
                 "family": family.value, "source": info.get("source"), "history": history,
                 "weights_format": weights_format}
+    unet = getattr(pipe, "unet", None)
+    runtime = applied_runtime_patches(unet) if unet is not None else {}
+    if runtime:  # e.g. token pruning: load re-applies it
+        manifest["runtime_patches"] = runtime
     with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
         pipe.save_pretrained(staging, safe_serialization=True)
         own_formats = {}

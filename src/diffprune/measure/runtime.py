@@ -1,10 +1,11 @@
 """Run-time patches that make a U-Net's cost differ from step to step (token pruning) register here, so that
 measurement can count them without depending on the family that installs them.
 
-A registered patch kind gives two functions: ``describe(unet)`` returns the applied patch's spec string, or
+A registered patch kind gives three functions: ``describe(unet)`` returns the applied patch's spec string, or
 ``None`` when the U-Net carries no such patch; ``schedule_flops(target, steps, *, resolution, batch,
 vae_scale_factor, text_length)`` counts a ``steps``-step schedule and returns an object with ``mean_tflops``,
-``mean_attention_tflops`` and ``per_step`` (each with ``tflops``).
+``mean_attention_tflops`` and ``per_step`` (each with ``tflops``); ``apply(target, spec)`` installs the patch
+a spec describes (``save`` records applied patches in the manifest and ``load`` re-applies them this way).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ class RuntimePatchKind:
     name: str
     describe: Callable[[object], str | None]
     schedule_flops: Callable[..., object]
+    apply: Callable[[object, str], object]
 
 
 _KINDS: dict[str, RuntimePatchKind] = {}
@@ -35,3 +37,17 @@ def applied_runtime_patch(unet) -> tuple[RuntimePatchKind, str] | None:
         if spec is not None:
             return kind, spec
     return None
+
+
+def runtime_patch_kind(name: str) -> RuntimePatchKind | None:
+    return _KINDS.get(name)
+
+
+def applied_runtime_patches(unet) -> dict[str, str]:
+    """``{kind: spec}`` of every registered patch applied to ``unet``."""
+    out = {}
+    for kind in _KINDS.values():
+        spec = kind.describe(unet)
+        if spec is not None:
+            out[kind.name] = spec
+    return out

@@ -13,7 +13,11 @@ def _describe(unet) -> str | None:
     return None if config is None else config.spec()
 
 
-register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops))
+def _apply_spec(target, spec: str):
+    return apply(target, parse_spec(spec))
+
+
+register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops, _apply_spec))
 
 __all__ = ["METHODS", "ScheduleFlops", "TokenPruningConfig", "applied_config", "apply", "at_timestep",
            "parse_spec", "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]
