@@ -127,3 +127,62 @@ def test_save_then_load_of_a_composed_pipeline_draws_the_same_images(shapes, tmp
     assert torch.equal(_image(loaded), expected)
     bare = diffprune.load(folder, runtime_patches=False)  # the opt-out: no token patch
     assert diffprune.tokens.applied_config(bare) is None
+
+
+def test_the_shipped_recipes_load_and_hold_their_published_settings():
+    from diffprune.recipe import example_recipes, load_recipe
+
+    assert set(example_recipes()) == {"sd2-study", "laptop-50", "atedm", "stack"}
+    sd2 = load_recipe("sd2-study")
+    assert (sd2.weights["text_encoder"].sparsity, sd2.weights["unet"].sparsity) == (0.475, 0.35)
+    assert load_recipe("laptop-50").layers == LayerStep(ratio=0.5, criterion="output-loss")
+    assert load_recipe("atedm").tokens == "atedm:ratio=0.63"
+    stack = load_recipe("stack")
+    assert stack.layers and stack.weights and stack.tokens
+    with pytest.raises(DiffpruneError, match="shipped recipes"):
+        load_recipe("no-such-recipe")
+
+
+def test_cli_compress_then_generate_equals_the_in_memory_result(shapes, tmp_path, capsys):
+    from diffprune.cli import main
+    from diffprune.evaluate.generate import to_pil
+    from diffprune.recipe import recipe_from_specs
+    from diffprune.report import image_grid_png
+
+    specs = ["--layers", "magnitude:ratio=0.15", "--weights", "text_encoder=magnitude:sparsity=0.3",
+             "--weights", "unet=wanda:sparsity=0.3", "--tokens", "atedm:ratio=0.5",
+             "--calib-num-prompts", "2", "--calib-steps", "2"]
+    out = tmp_path / "stack"
+    assert main(["compress", "shapes", "--out", str(out), *specs, "--weights-format", "bitmask",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    assert "tokens: atedm:ratio=0.5" in capsys.readouterr().out
+    png = tmp_path / "x.png"
+    assert main(["generate", str(out), "--prompt", "a small blue star below a red square", "--steps", "4",
+                 "--out", str(png)]) == 0
+    recipe = recipe_from_specs("magnitude:ratio=0.15", ["text_encoder=magnitude:sparsity=0.3",
+                                                        "unet=wanda:sparsity=0.3"], "atedm:ratio=0.5",
+                               {"num_prompts": 2, "steps": 2})
+    assert recipe.calibration.batch_size == 8  # the defaults a spec leaves alone
+    pipe = copy.deepcopy(shapes)
+    compress(pipe, recipe, progress=False)
+    with torch.inference_mode():
+        images = pipe(["a small blue star below a red square"], num_inference_steps=4, guidance_scale=5.0,
+                      height=64, width=64, generator=[torch.Generator().manual_seed(0)], output_type="pt").images
+    assert png.read_bytes() == image_grid_png(to_pil(images), columns=1)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--recipe", "stack", "--tokens", "tome:ratio=0.5"], "either --recipe or step specs"),
+    ([], "either --recipe or step specs"),
+    (["--weights", "unet=wanda:sparsity=0.3,scope=global"], "does not use the option 'scope'"),
+    (["--weights", "unet"], "expected COMPONENT=METHOD"),
+    (["--layers", "output-loss:ratio"], "expected key=value"),
+    (["--recipe", "missing.yaml"], "no recipe file"),
+])
+def test_cli_compress_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
+    from diffprune.cli import main
+
+    assert main(["compress", "shapes", "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_layer_commands(sub, add_source_options, _positive_int)
 
+    from diffprune.cli_compress import add_compress_command
+
+    add_compress_command(sub, add_source_options, _positive_int)
+
     p = sub.add_parser("demo", help="load the shapes testbed, measure it, generate and evaluate, write a report")
     p.add_argument("--out", default="diffprune-demo", help="report folder (default: ./diffprune-demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report folder")
@@ -321,6 +325,12 @@ def _cmd_layers(args) -> int:
     return run_layer_command(args)
 
 
+def _cmd_compress(args) -> int:
+    from diffprune.cli_compress import run_compress_command
+
+    return run_compress_command(args)
+
+
 def _cmd_weights(args) -> int:
     from diffprune.cli_weights import run_weight_command
 
@@ -328,7 +338,7 @@ def _cmd_weights(args) -> int:
 
 
 _COMMANDS = {"info": _cmd_info, "measure": _cmd_measure, "eval": _cmd_eval, "demo": _cmd_demo,
-             "generate": _cmd_generate, "prune-layers": _cmd_layers,
+             "generate": _cmd_generate, "prune-layers": _cmd_layers, "compress": _cmd_compress,
              "prune-weights": _cmd_weights, "sweep": _cmd_weights, "search": _cmd_weights}
 
 

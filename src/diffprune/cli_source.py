@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 # options that name something the command reads: no output may overlap them
-_INPUT_OPTIONS = ("config", "calib_prompts", "prompts_file", "reference", "reference_images", "inception_weights",
+_INPUT_OPTIONS = ("config", "recipe", "calib_prompts", "prompts_file", "reference", "reference_images", "inception_weights",
                   "clip_model", "pickscore_model", "pickscore_processor")
 
 

@@ -229,3 +229,61 @@ class Recipe:
         import yaml
 
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def example_recipes() -> dict[str, Path]:
+    """The recipes shipped with diffprune, by name: ``sd2-study``, ``laptop-50``, ``atedm``, ``stack``."""
+    folder = Path(__file__).with_name("examples")
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """A shipped recipe by name, or a recipe file."""
+    shipped = example_recipes()
+    if str(name_or_path) in shipped and not Path(name_or_path).exists():
+        return Recipe.load(shipped[str(name_or_path)])
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise DiffpruneError(f"no recipe file {path} (shipped recipes: {', '.join(shipped)})")
+    return Recipe.load(path)
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "on": True, "off": False}.get(text.lower(), text)
+
+
+def _options(text: str, where: str) -> dict:
+    out = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DiffpruneError(f"{where}: expected key=value, got '{item}'")
+        out[key.strip()] = _value(value.strip())
+    return out
+
+
+def recipe_from_specs(layers: str | None = None, weights: list[str] | None = None, tokens: str | None = None,
+                      calibration: dict | None = None, name: str | None = None) -> Recipe:
+    """A recipe from command-line specs: ``layers`` = ``CRITERION:ratio=R[,key=value...]`` or ``preset:NAME``;
+    each ``weights`` item = ``COMPONENT=METHOD:sparsity=S[,key=value...]``; ``tokens`` = a token pruning spec."""
+    data: dict = {"name": name, "tokens": tokens, "calibration": calibration or {}}
+    if layers is not None:
+        head, _, rest = layers.partition(":")
+        data["layers"] = {"preset": rest.strip()} if head.strip() == "preset" else \
+            {"criterion": head.strip(), **_options(rest, "--layers")}
+    if weights:
+        data["weights"] = {}
+        for item in weights:
+            component, sep, spec = item.partition("=")
+            method, _, rest = spec.partition(":")
+            if not sep or not method.strip():
+                raise DiffpruneError(f"--weights: expected COMPONENT=METHOD:sparsity=S, got '{item}'")
+            if component.strip() in data["weights"]:
+                raise DiffpruneError(f"--weights: '{component.strip()}' is given twice")
+            data["weights"][component.strip()] = {"method": method.strip(), **_options(rest, f"--weights {item}")}
+    return Recipe.from_dict({k: v for k, v in data.items() if v is not None})
