@@ -19,7 +19,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("recipe",),
     ("evaluate",),
     ("demo", "bench"),
-    ("cli", "cli_source", "cli_weights", "cli_layers", "cli_compress", "__init__", "__main__"),
+    ("cli", "__init__", "__main__"),
 )
 FAMILIES = ("weights", "layers", "tokens", "distill")
 

@@ -10,7 +10,8 @@ import argparse
 import json
 import sys
 
-from diffprune.cli_source import input_paths, load_source
+from diffprune.cli.common import add_generation_options, positive_int
+from diffprune.cli.source import add_source_options, input_paths, load_source
 from diffprune.errors import DiffpruneError
 
 _COMPONENT_FLAGS = ("unet", "text_encoder", "text_encoder_2")
@@ -27,7 +28,7 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
-def _add_pruning_options(p, positive_int) -> None:
+def _add_pruning_options(p) -> None:
     p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M such as 2:4, 4:8")
     p.add_argument("--scope", choices=["layer", "global"],
                    help="magnitude only: one threshold per weight matrix (default) or one per component")
@@ -38,7 +39,7 @@ def _add_pruning_options(p, positive_int) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning and calibration noise")
 
 
-def _add_suite_options(p, positive_int, add_generation_options) -> None:
+def _add_suite_options(p) -> None:
     p.add_argument("--metric", default="accuracy_all", help="metric to follow (default accuracy_all; fd: lower is "
                                                             "better)")
     p.add_argument("--suite", default="shapes", choices=["shapes", "clip", "pickscore", "fid"])
@@ -49,16 +50,16 @@ def _add_suite_options(p, positive_int, add_generation_options) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report folder")
 
 
-def add_weight_commands(sub, add_source, positive_int, add_generation_options) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("prune-weights", help="prune weights of text encoder(s) and U-Net; save a sparse folder")
-    add_source(p)
+    add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
     p.add_argument("--method", default="magnitude", metavar="M",
                    help="magnitude (default), wanda, owl (text encoders), sparsegpt, random")
     for flag in _COMPONENT_FLAGS:
         dashed = flag.replace("_", "-")
         p.add_argument(f"--{dashed}-sparsity", type=float, metavar="S", help=f"share of {flag} weights to zero")
-    _add_pruning_options(p, positive_int)
+    _add_pruning_options(p)
     p.add_argument("--format", choices=["bitmask", "dense"], default="bitmask",
                    help="bitmask: sparse files that shrink (default); dense: stock diffusers files with zeros")
     p.add_argument("--json", metavar="FILE", help="also write what was achieved as JSON")
@@ -66,7 +67,7 @@ def add_weight_commands(sub, add_source, positive_int, add_generation_options) -
                    help="replace an earlier diffprune output folder (and an existing --json file)")
 
     p = sub.add_parser("sweep", help="quality against sparsity per component and method, with collapse points")
-    add_source(p)
+    add_source_options(p)
     p.add_argument("--methods", type=_names, default=["magnitude"], help="comma-separated (default magnitude)")
     p.add_argument("--components", type=_names, default=["text_encoder", "unet"],
                    help="comma-separated (default text_encoder,unet)")
@@ -74,19 +75,19 @@ def add_weight_commands(sub, add_source, positive_int, add_generation_options) -
                    help="comma-separated grid (default 0.1,...,0.7)")
     p.add_argument("--collapse-fraction", type=float, default=0.5,
                    help="collapse: quality below this share of dense (default 0.5)")
-    _add_pruning_options(p, positive_int)
-    _add_suite_options(p, positive_int, add_generation_options)
+    _add_pruning_options(p)
+    _add_suite_options(p)
 
     p = sub.add_parser("search", help="highest per-component sparsities within a quality budget")
-    add_source(p)
+    add_source_options(p)
     p.add_argument("--budget", type=float, required=True, help="largest allowed drop of the metric (0.02 = 2 points)")
     p.add_argument("--method", default="magnitude", metavar="M", help="pruning method (default magnitude)")
     p.add_argument("--components", type=_names, default=["text_encoder", "unet"],
                    help="comma-separated (default text_encoder,unet)")
     p.add_argument("--step", type=float, default=0.025, help="sparsity grid step (default 0.025)")
     p.add_argument("--max-sparsity", type=float, default=0.9, help="largest sparsity tried (default 0.9)")
-    _add_pruning_options(p, positive_int)
-    _add_suite_options(p, positive_int, add_generation_options)
+    _add_pruning_options(p)
+    _add_suite_options(p)
 
 
 def _calibration(args):
@@ -236,5 +237,5 @@ def _search(args) -> int:
     return 0
 
 
-def run_weight_command(args) -> int:
+def run(args) -> int:
     return {"prune-weights": _prune_weights, "sweep": _sweep, "search": _search}[args.command](args)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import sys
 
+from diffprune.cli.common import positive_int
+from diffprune.cli.source import add_source_options, input_paths, load_source
 
-def add_compress_command(sub, add_source, positive_int) -> None:
+
+def add_commands(sub) -> None:
     p = sub.add_parser("compress", help="apply a recipe (layers -> weights -> tokens) and save the result")
-    add_source(p)
+    add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the compressed pipeline to")
     p.add_argument("--recipe", metavar="FILE|NAME",
                    help="a YAML/JSON recipe, or a shipped one: sd2-study, laptop-50, atedm, stack")
@@ -46,10 +49,9 @@ def _recipe(args):
     return recipe_from_specs(args.layers, args.weights, args.tokens, calibration)
 
 
-def run_compress_command(args) -> int:
+def run(args) -> int:
     from diffprune import save
     from diffprune._fs import atomic_write_text, check_outputs
-    from diffprune.cli_source import input_paths, load_source
     from diffprune.io import input_folder
     from diffprune.recipe import compress
     from diffprune.report import to_jsonable

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 import sys
 
+from diffprune.cli.common import positive_int
+from diffprune.cli.source import add_source_options, input_paths, load_source
 
-def add_layer_commands(sub, add_source, positive_int) -> None:
+
+def add_commands(sub) -> None:
     from diffprune.layers import BUDGETS, CRITERIA, GRANULARITIES, PRESETS
 
     p = sub.add_parser("prune-layers", help="remove U-Net layers (one-shot criterion or BK-SDM preset); save")
-    add_source(p)
+    add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier diffprune output folder (and an existing --json file)")
@@ -58,10 +61,9 @@ def _config(args):
                               expressible=args.expressible)
 
 
-def run_layer_command(args) -> int:
+def run(args) -> int:
     from diffprune import save
     from diffprune._fs import atomic_write_text, check_outputs
-    from diffprune.cli_source import input_paths, load_source
     from diffprune.errors import DiffpruneError
     from diffprune.io import input_folder
     from diffprune.layers import apply_preset, prune

@@ -1,0 +1,104 @@
+"""The ``info`` and ``measure`` commands: what a model is, and what it costs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from diffprune.cli.common import add_tokens, parse_tokens_option, positive_int
+from diffprune.cli.source import add_source_options, input_paths, load_source
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("info", help="describe a model: family, components, parameters, files")
+    add_source_options(p)
+
+    p = sub.add_parser("measure", help="parameters, FLOPs per call (attention included), optional latency")
+    add_source_options(p)
+    p.add_argument("--resolution", type=positive_int, help="image side in pixels (default: the model's own)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size of each call (default 1)")
+    p.add_argument("--latency", type=positive_int, metavar="N",
+                   help="also time N U-Net calls (median; needs real weights, slow for big models)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda[:i] or meta (random:<arch> defaults to meta: no memory, no non-zero counts)")
+    add_tokens(p)
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="report U-Net FLOPs as the mean over an N-step schedule (default with --tokens: 20)")
+    p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
+
+
+def _fmt_count(n) -> str:
+    return "n/a" if n is None else f"{n:,}"
+
+
+def _print_params(params) -> None:
+    print(f"  {'component':<16}{'class':<30}{'params':>16}{'non-zero':>16}  dtype")
+    for name, c in params.components.items():
+        print(f"  {name:<16}{c.class_name:<30}{c.params:>16,}{_fmt_count(c.nonzero):>16}  {c.dtype}")
+
+
+def run_info(args) -> int:
+    from torch import nn
+
+    from diffprune.archs.family import detect_family
+    from diffprune.measure import count_params, default_resolution, disk_usage
+
+    obj = load_source(args, device="meta" if args.source.startswith("random:") else None)
+    if isinstance(obj, nn.Module) and type(obj).__name__ != "UNet2DConditionModel":
+        print(f"{args.source}: a {type(obj).__name__} component")
+    else:
+        family = detect_family(obj)
+        kind = "a bare U-Net" if isinstance(obj, nn.Module) else type(obj).__name__
+        scheduler = getattr(obj, "scheduler", None)
+        print(f"{args.source}: {family.label} ({kind}), native resolution {default_resolution(obj)}px"
+              + (f", scheduler {type(scheduler).__name__}" if scheduler is not None else ""))
+    _print_params(count_params(obj))
+    path = Path(args.source).expanduser()
+    if path.is_dir():
+        usage = disk_usage(path)
+        parts = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in usage.components.items())
+        print(f"  on disk: {usage.total_bytes / 2**20:.1f} MiB ({parts})")
+    for step in (getattr(obj, "_diffprune", None) or {}).get("history", []):
+        print(f"  history: {json.dumps(step)}")
+    return 0
+
+
+def run_measure(args) -> int:
+    from diffprune._fs import atomic_write_text, check_outputs
+    from diffprune.io import input_folder
+    from diffprune.measure import measure_pipeline
+    from diffprune.report import to_jsonable
+
+    # validated before the (possibly long) load, so a bad path costs nothing
+    check_outputs(files={"--json": args.json}, overwrite=args.overwrite, protect=input_paths(args))
+    token_config = parse_tokens_option(args)
+    device = args.device
+    if device is None and args.source.startswith("random:") and not args.latency:
+        device = "meta"
+    pipe = load_source(args, device=device)
+    if token_config is not None:
+        from diffprune import tokens
+
+        tokens.apply(pipe, token_config)
+    m = measure_pipeline(pipe, resolution=args.resolution, batch=args.batch, latency_repeats=args.latency or 0,
+                         source=args.source, steps=args.steps)
+    print(f"{args.source}: {m.family} at {m.resolution}x{m.resolution}, batch {m.batch}"
+          + (f", tokens {m.tokens}" if m.tokens else ""))
+    _print_params(m.params)
+    print("  FLOPs per call (attention included):")
+    per = (f", mean over the {len(m.unet_tflops_per_step)} U-Net calls of a {m.steps}-step schedule"
+           if m.steps else "")
+    print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f}{per})")
+    for name, f in m.text_encoder_flops.items():
+        print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")
+    if m.vae_decode_flops is not None:
+        print(f"    vae decode     {m.vae_decode_flops.tflops:10.4f} TFLOPs")
+    if m.unet_latency:
+        lat = m.unet_latency
+        print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
+    if args.json:
+        atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
+                          overwrite=args.overwrite, protect=[*input_paths(args), input_folder(pipe)])
+        print(f"  wrote {args.json}")
+    return 0
