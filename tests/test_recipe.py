@@ -53,7 +53,7 @@ def test_a_recipe_round_trips_through_yaml_and_json(tmp_path):
     ({"tokens": "atedm:ratio=2"}, "ratio"),
     ({"calibration": {"num_prompts": 0}, "tokens": "tome:ratio=0.5"}, "at least 1"),
     ({}, "no step"),
-    ([1, 2], "a mapping"),
+    ([1, 2], "expected a mapping"),
 ])
 def test_bad_recipes_are_refused_with_the_reason(data, message):
     with pytest.raises(DiffpruneError, match=message):

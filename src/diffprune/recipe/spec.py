@@ -29,14 +29,19 @@ from diffprune.weights import make_config
 from diffprune.weights.targets import PRUNABLE_COMPONENTS
 
 
-def _strict(cls, data, where: str):
-    """``cls(**data)`` after checking that ``data`` is a mapping of known keys."""
+def _check_keys(cls, data, where: str) -> None:
+    """Refuse ``data`` unless it is a mapping whose keys are all fields of the dataclass ``cls``."""
     if not isinstance(data, dict):
         raise DiffpruneError(f"{where}: expected a mapping, got {type(data).__name__}")
     known = [f.name for f in fields(cls)]
     unknown = [k for k in data if k not in known]
     if unknown:
         raise DiffpruneError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(known)})")
+
+
+def _strict(cls, data, where: str):
+    """``cls(**data)`` after :func:`_check_keys`."""
+    _check_keys(cls, data, where)
     return cls(**data)
 
 
@@ -182,12 +187,7 @@ class Recipe:
 
     @classmethod
     def from_dict(cls, data) -> "Recipe":
-        if not isinstance(data, dict):
-            raise DiffpruneError(f"a recipe is a mapping, got {type(data).__name__}")
-        known = [f.name for f in fields(cls)]
-        unknown = [k for k in data if k not in known]
-        if unknown:
-            raise DiffpruneError(f"recipe: unknown key '{unknown[0]}' (known: {', '.join(known)})")
+        _check_keys(cls, data, "recipe")
         weights = data.get("weights") or {}
         if not isinstance(weights, dict):
             raise DiffpruneError("recipe: weights must map components to {method, sparsity, ...}")
