@@ -22,7 +22,7 @@ from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
 from diffprune.measure.params import model_components
-from diffprune.measure.runtime import runtime_patch_kind
+from diffprune.measure.runtime import reapply_runtime_patches
 
 FORMAT_VERSION = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -145,24 +145,8 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patc
     if manifest is not None:
         pipe._diffprune = {"source": str(folder), "history": manifest.get("history", [])}
         if runtime_patches:
-            _reapply_runtime_patches(pipe, manifest, folder)
+            reapply_runtime_patches(pipe, manifest.get("runtime_patches"), folder)
     return pipe
-
-
-def _reapply_runtime_patches(pipe, manifest: dict, folder: Path) -> None:
-    """Install the run-time patches (token pruning) the pipeline carried when it was saved."""
-    patches = manifest.get("runtime_patches") or {}
-    if not isinstance(patches, dict):
-        raise DiffpruneError(f"{folder / MANIFEST} has a malformed runtime_patches entry; the folder is damaged")
-    for name, spec in sorted(patches.items()):
-        kind = runtime_patch_kind(name)
-        if kind is None:
-            raise DiffpruneError(f"{folder} was saved with a '{name}' run-time patch this diffprune does not know; "
-                                 "upgrade diffprune, or load with runtime_patches=False")
-        try:
-            kind.apply(pipe, str(spec))
-        except DiffpruneError as e:
-            raise DiffpruneError(f"{folder}: cannot re-apply its {name} patch '{spec}': {e}") from None
 
 
 def _read_manifest(folder: Path) -> dict | None:

@@ -51,3 +51,22 @@ def applied_runtime_patches(unet) -> dict[str, str]:
         if spec is not None:
             out[kind.name] = spec
     return out
+
+
+def reapply_runtime_patches(pipe, patches, folder) -> None:
+    """Install the run-time patches a saved folder's manifest lists (``{kind: spec}``, or ``None``)."""
+    from diffprune.errors import DiffpruneError
+
+    if not patches:
+        return
+    if not isinstance(patches, dict):
+        raise DiffpruneError(f"{folder}: its manifest has a malformed runtime_patches entry; the folder is damaged")
+    for name, spec in sorted(patches.items()):
+        kind = _KINDS.get(name)
+        if kind is None:
+            raise DiffpruneError(f"{folder} was saved with a '{name}' run-time patch this diffprune does not know; "
+                                 "upgrade diffprune, or load with runtime_patches=False")
+        try:
+            kind.apply(pipe, str(spec))
+        except DiffpruneError as e:
+            raise DiffpruneError(f"{folder}: cannot re-apply its {name} patch '{spec}': {e}") from None
