@@ -165,7 +165,7 @@ def test_resnet_removal_round_trips_through_the_diffprune_format(pipe, tmp_path)
 @pytest.mark.parametrize("argv, message", [
     (["--ratio", "0.97"], "is not below the most that can be removed"),
     (["--ratio", "0.3", "--criterion", "oracle"], "unknown criterion 'oracle'"),
-    (["--ratio", "1.5"], "ratio must be in [0, 1)"),
+    (["--ratio", "1.5"], "ratio must be in (0, 1)"),
     ([], "give exactly one of --ratio and --preset"),
     (["--ratio", "0.3", "--preset", "bk-base"], "give exactly one of --ratio and --preset"),
 ])

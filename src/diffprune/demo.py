@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from diffprune.anatomy import has_unet
 from diffprune.errors import DiffpruneError
 from diffprune.evaluate.generate import to_pil
 from diffprune.evaluate.shapes import ShapesSuiteConfig, run_shapes_suite
@@ -76,7 +77,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, ov
 def _run(report: Report, config: DemoConfig, stages) -> DemoResult:
     stages.set_postfix_str("loading")
     pipe = load(config.source)
-    if not hasattr(pipe, "unet"):
+    if not has_unet(pipe):
         raise DiffpruneError(f"the demo needs a whole pipeline; {config.source} is a single component")
     report.protect.append(input_folder(pipe))
     pipe.set_progress_bar_config(disable=None, leave=False)

@@ -3,6 +3,8 @@ recorded by the API that made the change and written to the manifest by ``save``
 
 from __future__ import annotations
 
+from diffprune.anatomy import is_module
+
 
 def history_of(pipe) -> list[dict]:
     """The steps recorded on ``pipe`` so far (a copy)."""
@@ -11,9 +13,7 @@ def history_of(pipe) -> list[dict]:
 
 def record_step(pipe, step: dict) -> None:
     """Append ``step`` (a JSON-able dict with a ``"step"`` key) to ``pipe``'s history; bare modules keep none."""
-    from torch import nn
-
-    if isinstance(pipe, nn.Module):
+    if is_module(pipe):
         return
     info = dict(getattr(pipe, "_diffprune", None) or {})
     info["history"] = [*info.get("history", []), dict(step)]

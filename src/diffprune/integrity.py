@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from diffprune._fs import MANIFEST
+from diffprune.anatomy import is_module, model_components
 from diffprune.errors import DiffpruneError
-from diffprune.measure.params import model_components
 
 _PIPELINE_MODULE_LIBRARIES = ("stable_diffusion", "stable_diffusion_xl")  # e.g. SD-1.5's safety checker
 
@@ -144,7 +144,7 @@ def file_sha256(path: Path) -> str:
 
 def check_finite(obj) -> None:
     """Refuse weights holding NaN or infinity (a damaged checkpoint would otherwise give black images)."""
-    modules = {"": obj} if isinstance(obj, torch.nn.Module) else model_components(obj)
+    modules = {"": obj} if is_module(obj) else model_components(obj)
     for component, module in modules.items():
         for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
             if not tensor.is_floating_point() or tensor.device.type == "meta":

@@ -21,7 +21,7 @@ from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
-from diffprune.measure.params import model_components
+from diffprune.anatomy import model_components
 from diffprune.measure.runtime import reapply_runtime_patches
 
 FORMAT_VERSION = 1

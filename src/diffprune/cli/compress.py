@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 from diffprune.cli.common import positive_int
 from diffprune.cli.source import add_source_options, input_paths, load_source
@@ -23,6 +25,7 @@ def add_commands(sub) -> None:
     p.add_argument("--weights", metavar="SPEC", action="append",
                    help="COMPONENT=METHOD:sparsity=S[,key=value...], repeatable (e.g. unet=wanda:sparsity=0.3)")
     p.add_argument("--tokens", metavar="SPEC", help="token pruning spec, e.g. atedm:ratio=0.63")
+    p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
     p.add_argument("--calib-num-prompts", type=positive_int, help="calibration prompts (default 16)")
     p.add_argument("--calib-steps", type=positive_int, help="sampling steps per calibration run (default 10)")
     p.add_argument("--weights-format", choices=["dense", "bitmask"], default="dense",
@@ -41,39 +44,66 @@ def _recipe(args):
         raise DiffpruneError("give either --recipe or step specs (--layers, --weights, --tokens)")
     if args.recipe is not None:
         recipe = load_recipe(args.recipe)
-        if args.calib_num_prompts or args.calib_steps:
+        if args.calib_num_prompts or args.calib_steps or args.calib_prompts:
             raise DiffpruneError("--calib-* options go with step specs; a recipe file holds its own calibration")
         return recipe
-    calibration = {k: v for k, v in (("num_prompts", args.calib_num_prompts), ("steps", args.calib_steps))
-                   if v is not None}
-    return recipe_from_specs(args.layers, args.weights, args.tokens, calibration)
+    return recipe_from_specs(args.layers, args.weights, args.tokens, calibration_options(args))
 
 
-def run(args) -> int:
+def calibration_options(args) -> dict:
+    """The ``--calib-*`` options that were given, as a recipe's calibration keys."""
+    from diffprune.prompt_files import read_prompt_file
+
+    given = {"prompts": read_prompt_file(args.calib_prompts) if getattr(args, "calib_prompts", None) else None,
+             "num_prompts": args.calib_num_prompts, "steps": args.calib_steps,
+             "timesteps": getattr(args, "calib_timesteps", None), "seed": getattr(args, "calib_seed", None)}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@dataclass
+class Compressed:
+    """What :func:`execute` did: the compressed pipeline, each step's result, and where it was saved."""
+
+    pipe: object
+    result: object
+    out: Path
+    inputs: list
+
+
+def execute(args, recipe, *, weights_format: str) -> Compressed:
+    """The one path of every compressing command: outputs checked, source loaded, ``recipe`` applied by
+    :func:`diffprune.compress`, the pipeline saved to ``--out``."""
     from diffprune import save
-    from diffprune._fs import atomic_write_text, check_outputs
-    from diffprune.io import input_folder
+    from diffprune._fs import check_outputs
     from diffprune.recipe import compress
-    from diffprune.report import to_jsonable
 
-    recipe = _recipe(args)  # checked before the (possibly long) load
     inputs = input_paths(args)
     check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     pipe = load_source(args)
     result = compress(pipe, recipe, progress=sys.stderr.isatty())
-    out = save(pipe, args.out, weights_format=args.weights_format, overwrite=args.overwrite)
-    print(f"{args.source}: compressed with {recipe.name or 'the given steps'}; saved to {out}")
-    if result.layers is not None:
-        r = result.layers
-        print(f"  layers: U-Net parameters {r.params_before:,} -> {r.params_after:,} ({r.params_ratio:.1%} removed)")
-    if result.weights is not None:
-        for name, c in result.weights.components.items():
-            print(f"  weights: {name} {c.method} {c.pattern}, {c.sparsity:.1%} of the pruned layers zero")
-    if result.tokens is not None:
-        print(f"  tokens: {result.tokens} (re-applied when the folder is loaded)")
+    out = save(pipe, args.out, weights_format=weights_format, overwrite=args.overwrite)
+    return Compressed(pipe, result, out, inputs)
+
+
+def write_json(args, done: Compressed, data: dict) -> None:
+    """``data`` to ``--json`` (atomically; never over an input)."""
+    from diffprune._fs import atomic_write_text
+    from diffprune.io import input_folder
+    from diffprune.report import to_jsonable
+
+    atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n", overwrite=args.overwrite,
+                      protect=[*done.inputs, input_folder(done.pipe)])
+    print(f"  wrote {args.json}")
+
+
+def run(args) -> int:
+    recipe = _recipe(args)  # checked before the (possibly long) load
+    done = execute(args, recipe, weights_format=args.weights_format)
+    print(f"{args.source}: compressed with {recipe.name or 'the given steps'}; saved to {done.out}")
+    for step in done.result.steps:
+        print(f"  {step.family}: {step.summary()}")
+    if done.result.tokens is not None:
+        print("  (the token step is re-applied when the folder is loaded)")
     if args.json:
-        atomic_write_text(args.json, json.dumps(to_jsonable({"source": args.source, "out": str(out),
-                                                             **result.to_json()}), indent=2) + "\n",
-                          overwrite=args.overwrite, protect=[*inputs, input_folder(pipe)])
-        print(f"  wrote {args.json}")
+        write_json(args, done, {"source": args.source, "out": str(done.out), **done.result.to_json()})
     return 0

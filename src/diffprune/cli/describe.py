@@ -39,17 +39,16 @@ def _print_params(params) -> None:
 
 
 def run_info(args) -> int:
-    from torch import nn
-
+    from diffprune.anatomy import is_module, is_unet
     from diffprune.archs.family import detect_family
     from diffprune.measure import count_params, default_resolution, disk_usage
 
     obj = load_source(args, device="meta" if args.source.startswith("random:") else None)
-    if isinstance(obj, nn.Module) and type(obj).__name__ != "UNet2DConditionModel":
+    if is_module(obj) and not is_unet(obj):
         print(f"{args.source}: a {type(obj).__name__} component")
     else:
         family = detect_family(obj)
-        kind = "a bare U-Net" if isinstance(obj, nn.Module) else type(obj).__name__
+        kind = "a bare U-Net" if is_module(obj) else type(obj).__name__
         scheduler = getattr(obj, "scheduler", None)
         print(f"{args.source}: {family.label} ({kind}), native resolution {default_resolution(obj)}px"
               + (f", scheduler {type(scheduler).__name__}" if scheduler is not None else ""))

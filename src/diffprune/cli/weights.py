@@ -1,6 +1,7 @@
-"""The weight-pruning commands of the ``diffprune`` CLI: ``prune-weights``, ``sweep`` and ``search``.
+"""The weight-pruning commands of the ``diffprune`` CLI: ``prune-weights`` (an alias of ``compress`` with a
+weights-only recipe), ``sweep`` and ``search``.
 
-Parsing and printing only; the work is done by :mod:`diffprune.weights`. Every option is checked before the
+Parsing and printing only; the work is done by :mod:`diffprune.recipe` and :mod:`diffprune.weights`. Every option is checked before the
 model is loaded, and nothing is written unless the whole run succeeded.
 """
 
@@ -11,6 +12,7 @@ import json
 import sys
 
 from diffprune.cli.common import add_generation_options, positive_int
+from diffprune.cli.compress import calibration_options, execute, write_json
 from diffprune.cli.source import add_source_options, input_paths, load_source
 from diffprune.errors import DiffpruneError
 
@@ -34,8 +36,9 @@ def _add_pruning_options(p) -> None:
                    help="magnitude only: one threshold per weight matrix (default) or one per component")
     p.add_argument("--conv", action="store_true", help="also prune Conv2d layers of the U-Net")
     p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
-    p.add_argument("--calib-num-prompts", type=positive_int, default=32, help="calibration prompts used (default 32)")
-    p.add_argument("--calib-steps", type=positive_int, default=10, help="denoising steps per calibration run")
+    p.add_argument("--calib-num-prompts", type=positive_int,
+                   help="calibration prompts used: the file's (repeated if shorter) or the testbed's (default 16)")
+    p.add_argument("--calib-steps", type=positive_int, help="denoising steps per calibration run (default 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of random pruning and calibration noise")
 
 
@@ -95,34 +98,37 @@ def _calibration(args):
     from diffprune.weights import CalibrationConfig
 
     prompts = read_prompt_file(args.calib_prompts) if args.calib_prompts else None
-    config = CalibrationConfig(prompts=prompts, num_prompts=args.calib_num_prompts, steps=args.calib_steps,
-                               seed=args.seed)
+    given = {"num_prompts": args.calib_num_prompts, "steps": args.calib_steps}
+    config = CalibrationConfig(prompts=prompts, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     config.validate()
     return config
 
 
-def _recipe(args) -> dict:
-    from diffprune.weights import make_config
+def _recipe(args):
+    """``prune-weights`` as a weights-only recipe (the method's options checked by the recipe: one the method does
+    not use is an error)."""
+    from diffprune.recipe import Recipe
 
-    recipe = {}
-    for flag in _COMPONENT_FLAGS:
-        value = getattr(args, f"{flag}_sparsity")
+    # --seed also seeds the calibration noise: it is random pruning's own option only for that method
+    options = {"pattern": args.pattern, "scope": args.scope, "seed": args.seed if args.method == "random" else None}
+    weights = {}
+    for component in _COMPONENT_FLAGS:
+        value = getattr(args, f"{component}_sparsity")
         if value is None:
             continue
         if not 0 <= value < 1:
-            raise DiffpruneError(f"--{flag.replace('_', '-')}-sparsity must be in [0, 1), got {value:g}")
-        # --seed also seeds the calibration noise: it is random pruning's own option only for that method
-        recipe[flag] = make_config(args.method, value, scope=args.scope, pattern=args.pattern,
-                                   include_conv=args.conv and flag == "unet",
-                                   seed=args.seed if args.method == "random" else None)
-    if not recipe:
+            raise DiffpruneError(f"--{component.replace('_', '-')}-sparsity must be in [0, 1), got {value:g}")
+        given = {**options, "include_conv": True if args.conv and component == "unet" else None}
+        weights[component] = {"method": args.method, "sparsity": value,
+                              **{k: v for k, v in given.items() if v is not None}}
+    if not weights:
         raise DiffpruneError("give at least one of --unet-sparsity, --text-encoder-sparsity, --text-encoder-2-sparsity")
-    return recipe
+    calibration = {**calibration_options(args), "seed": args.seed}
+    return Recipe.from_dict({"name": "prune-weights", "weights": weights, "calibration": calibration})
 
 
 def _load(args):
     from torch import nn
-
 
     pipe = load_source(args)
     if isinstance(pipe, nn.Module):
@@ -132,22 +138,11 @@ def _load(args):
 
 
 def _prune_weights(args) -> int:
-    from diffprune import save
-    from diffprune._fs import atomic_write_text, check_outputs
-    from diffprune.io import input_folder
     from diffprune.measure import disk_usage
-    from diffprune.report import to_jsonable
-    from diffprune.weights import prune
-    from diffprune.weights.prune import check_recipe
 
-    inputs = input_paths(args)
     recipe = _recipe(args)  # every option checked before the (possibly long) load
-    check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
-    calibration = _calibration(args)
-    pipe = _load(args)
-    check_recipe(pipe, recipe)  # components present, N:M widths fit: still nothing written
-    result = prune(pipe, recipe, calibration, progress=sys.stderr.isatty())
-    out = save(pipe, args.out, overwrite=args.overwrite, weights_format=args.format)
+    done = execute(args, recipe, weights_format=args.format)
+    result, out, pipe = done.result.weights, done.out, done.pipe
     usage = disk_usage(out)
     print(f"{args.source}: pruned with {args.method} ({args.pattern}), saved to {out} ({args.format})")
     print(f"  {'component':<16}{'target':>8}{'achieved':>10}{'of component':>14}{'layers':>8}{'on disk':>12}"
@@ -158,11 +153,8 @@ def _prune_weights(args) -> int:
               f"{r.layers:>8}{usage.components.get(name, 0) / 2**20:>10.2f}Mi{dense / 2**20:>10.2f}Mi")
     print(f"  total on disk: {usage.total_bytes / 2**20:.2f} MiB")
     if args.json:
-        data = {"source": args.source, "method": args.method, "format": args.format, "out": str(out),
-                "components": result.to_json(), "disk_bytes": usage.components}
-        atomic_write_text(args.json, json.dumps(to_jsonable(data), indent=2) + "\n", overwrite=args.overwrite,
-                          protect=[*inputs, input_folder(pipe)])
-        print(f"  wrote {args.json}")
+        write_json(args, done, {"source": args.source, "method": args.method, "format": args.format,
+                                "out": str(out), "components": result.to_json(), "disk_bytes": usage.components})
     return 0
 
 

@@ -12,18 +12,21 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from diffprune.anatomy import geometry
+
 from .prompts import EvalPrompt
 
 
 def _initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
     channels = pipe.unet.config.in_channels
-    shape = (1, channels, height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+    factor = geometry(pipe).vae_scale_factor
+    shape = (1, channels, height // factor, width // factor)
     return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
 
 
 def image_size(pipe) -> int:
     """The side in pixels a pipeline draws by default."""
-    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    return geometry(pipe).resolution
 
 
 def to_pil(images: torch.Tensor) -> list:

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from diffprune.calibration import calibration_prompts
+from diffprune.anatomy import unet_of
+from diffprune.calibration import (DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_PROMPTS, DEFAULT_STEPS,
+                                    calibration_generators, calibration_prompts)
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 
@@ -30,11 +32,11 @@ class LayerCalibrationConfig:
     with ``steps`` steps; ``timesteps`` of those steps (evenly spread) are kept as U-Net inputs."""
 
     prompts: Sequence[str] | None = None
-    num_prompts: int = 16
-    steps: int = 10
+    num_prompts: int = DEFAULT_NUM_PROMPTS
+    steps: int = DEFAULT_STEPS
     timesteps: int = 5
-    guidance_scale: float = 5.0
-    batch_size: int = 16
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -103,7 +105,7 @@ def record_calibration(pipe, config: LayerCalibrationConfig | None = None, progr
 
         handle = unet.register_forward_pre_hook(hook, with_kwargs=True)
         try:
-            generators = [torch.Generator().manual_seed(config.seed + start + i) for i in range(len(batch))]
+            generators = calibration_generators(config.seed, start, len(batch))
             with torch.no_grad(), pipeline_bar_disabled(pipe):
                 out = pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
                            generator=generators, output_type="latent")
@@ -192,9 +194,9 @@ def score_units(pipe, units: Sequence[Unit], criterion: str, data: CalibrationSe
     if criterion == "random":
         return random_scores(units, seed)
     if criterion == "magnitude":
-        return magnitude_scores(pipe.unet, units)
+        return magnitude_scores(unet_of(pipe, "layer pruning"), units)
     if data is None:
         raise DiffpruneError(f"criterion '{criterion}' needs calibration data (record_calibration)")
     if criterion == "taylor":
         return taylor_scores(pipe, data, units, seed)
-    return output_loss_scores(pipe.unet, data, units, progress)
+    return output_loss_scores(unet_of(pipe, "layer pruning"), data, units, progress)

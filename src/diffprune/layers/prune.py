@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from diffprune.anatomy import geometry, is_pipeline, unet_of
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
+from diffprune.measure.runtime import applied_runtime_patch
+from diffprune.results import StepResult
 
 from .criterion import CRITERIA, CalibrationSet, LayerCalibrationConfig, record_calibration, score_units
 from .select import SOLVERS, select
@@ -41,7 +46,10 @@ class LayerPruningConfig:
 
 
 @dataclass
-class LayerPruneResult:
+class LayerPruneResult(StepResult):
+    """The units removed (or the preset built), their scores, and parameters and FLOPs before and after."""
+
+    family: ClassVar[str] = "layers"
     removed: list[str]
     scores: dict[str, float]
     params_before: int
@@ -50,6 +58,18 @@ class LayerPruneResult:
     flops_after: int
     config: LayerPruningConfig | None
     preset: str | None = None
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        what = f"preset {self.preset}" if self.preset else f"{len(self.removed)} units removed"
+        return f"{what}: U-Net parameters -{self.params_ratio:.1%}, FLOPs -{self.flops_ratio:.1%}"
+
+    def to_json(self) -> dict:
+        return {"removed": list(self.removed), "preset": self.preset, "params_before": self.params_before,
+                "params_after": self.params_after, "flops_before": self.flops_before,
+                "flops_after": self.flops_after, "seconds": self.seconds,
+                "criterion": None if self.config is None else self.config.criterion,
+                "ratio": None if self.config is None else self.config.ratio}
 
     @property
     def params_ratio(self) -> float:
@@ -81,9 +101,8 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
          progress: bool = False, scores: dict[str, float] | None = None) -> tuple[list[str], dict[str, float], list[Unit]]:
     """The units ``config`` would remove (without removing them), their scores, and all candidate units.
     ``scores`` (of ``config.criterion``, e.g. from an earlier call) skips scoring."""
-    unet = pipe.unet
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    unet, g = unet_of(pipe, "layer pruning"), geometry(pipe)
+    vae_factor, text_length = g.vae_scale_factor, g.text_length
     units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
     candidates = expressible_units(unet, units) if config.expressible else removable_units(units)
     total = sum(p.numel() for p in unet.parameters()) if config.budget == "params" else \
@@ -94,6 +113,10 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
         raise DiffpruneError(f"ratio {config.ratio} is not below the most that can be removed with {what} "
                              f"by {config.budget}: {limit:.3f}")
     if scores is None:
+        if config.criterion in ("output-loss", "taylor") and not is_pipeline(pipe) and \
+                (data is None or config.criterion == "taylor"):
+            raise DiffpruneError(f"the {config.criterion} criterion calibrates through a whole pipeline; a bare "
+                                 "U-Net can be pruned by magnitude or random (or output-loss with recorded data)")
         if config.criterion in ("output-loss", "taylor") and data is None:
             data = record_calibration(pipe, config.calibration, progress=progress)
         scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
@@ -112,20 +135,31 @@ def _unet_flops(unet, vae_factor: int, text_length: int) -> int:
                                            text_length=text_length)).total
 
 
+def _check_unpatched(unet) -> None:
+    patch = applied_runtime_patch(unet)
+    if patch is not None:
+        raise DiffpruneError(f"the U-Net carries the run-time patch {patch[1]}; layer pruning changes the graph it "
+                             "is installed on: remove it first (a recipe applies layers before tokens)")
+
+
 def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet | None = None,
           progress: bool = False) -> LayerPruneResult:
-    """Score, select and remove in place; returns what was removed and the achieved ratios."""
+    """Score, select and remove in place; returns what was removed and the achieved ratios. ``pipe`` is a
+    pipeline, or a bare U-Net for the criteria that need no sampling (magnitude, random; output-loss with
+    ``data`` recorded beforehand)."""
+    start = time.perf_counter()
     config = config or LayerPruningConfig()
-    unet = pipe.unet
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    unet, g = unet_of(pipe, "layer pruning"), geometry(pipe)
+    vae_factor, text_length = g.vae_scale_factor, g.text_length
+    _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
     flops_before = _unet_flops(unet, vae_factor, text_length)
     removed, scores, units = plan(pipe, config, data, progress=progress)
     remove_units(unet, removed, {u.name: u for u in units})
     result = LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
                               params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
-                              flops_after=_unet_flops(unet, vae_factor, text_length), config=config)
+                              flops_after=_unet_flops(unet, vae_factor, text_length), config=config,
+                              seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"{config.criterion}, {config.granularity} granularity",
                        "removed": removed, "params_before": params_before, "params_after": result.params_after})
     return result
@@ -135,16 +169,20 @@ def apply_preset(pipe, preset: str) -> LayerPruneResult:
     """Replace ``pipe.unet`` by the handcrafted ``preset`` (BK-SDM) built from it, and record the step."""
     from .presets import build_preset
 
-    unet = pipe.unet
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 8))
-    text_length = int(getattr(getattr(pipe, "tokenizer", None), "model_max_length", 77))
+    start = time.perf_counter()
+    if not is_pipeline(pipe):
+        raise DiffpruneError("a preset replaces the pipeline's U-Net; for a bare U-Net use layers.build_preset, "
+                             "which returns the new one")
+    unet, g = unet_of(pipe, "a layer-pruning preset"), geometry(pipe)
+    vae_factor, text_length = g.vae_scale_factor, g.text_length
+    _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
     flops_before = _unet_flops(unet, vae_factor, text_length)
     pipe.unet = build_preset(unet, preset)
     result = LayerPruneResult(removed=[], scores={}, params_before=params_before,
                               params_after=sum(p.numel() for p in pipe.unet.parameters()),
                               flops_before=flops_before, flops_after=_unet_flops(pipe.unet, vae_factor, text_length),
-                              config=None, preset=preset)
+                              config=None, preset=preset, seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"preset {preset}", "removed": [],
                        "params_before": params_before, "params_after": result.params_after})
     return result

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-MODEL_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+from diffprune.anatomy import model_components
 
 
 @dataclass
@@ -32,17 +32,6 @@ class ParamCounts:
     @property
     def total(self) -> int:
         return sum(c.params for c in self.components.values())
-
-
-def model_components(obj) -> dict[str, nn.Module]:
-    """The ``nn.Module`` components of a pipeline (in a fixed order); a bare module is one component,
-    named ``unet`` for a ``UNet2DConditionModel`` (so its numbers line up with a pipeline's) else ``model``."""
-    if isinstance(obj, nn.Module):
-        return {"unet" if type(obj).__name__ == "UNet2DConditionModel" else "model": obj}
-    comps = {name: getattr(obj, name, None) for name in MODEL_COMPONENTS}
-    extra = {k: v for k, v in getattr(obj, "components", {}).items()
-             if isinstance(v, nn.Module) and k not in comps}
-    return {k: v for k, v in {**comps, **extra}.items() if isinstance(v, nn.Module)}
 
 
 def _unique_parameters(module: nn.Module):

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from diffprune.anatomy import geometry, unet_of
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 
@@ -55,24 +56,15 @@ class PipelineMeasurement:
         return out
 
 
-def _unet_parts(obj):
-    """(U-Net, VAE scale factor, text length) of a pipeline, or of a bare ``UNet2DConditionModel``."""
-    from diffusers import UNet2DConditionModel
-
-    if isinstance(obj, UNet2DConditionModel):
-        return obj, 8, 77  # every SD family: VAE downsamples by 8, CLIP reads 77 tokens
-    return obj.unet, int(obj.vae_scale_factor), int(obj.tokenizer.model_max_length)
-
-
 def default_resolution(obj) -> int:
     """The resolution a pipeline (or bare U-Net) was built for: U-Net sample size x VAE scale factor."""
-    unet, factor, _ = _unet_parts(obj)
-    return int(unet.config.sample_size) * factor
+    return geometry(obj).resolution
 
 
 def unet_call(obj, *, resolution: int, batch: int = 1, seed: int = 0):
     """A zero-argument callable running one U-Net forward at ``resolution`` (for latency measurements)."""
-    unet, factor, text_length = _unet_parts(obj)
+    unet, g = unet_of(obj, "latency"), geometry(obj)
+    factor, text_length = g.vae_scale_factor, g.text_length
     if any(p.device.type == "meta" for p in unet.parameters()):
         raise DiffpruneError("latency needs real weights; this U-Net is on the meta device")
     kwargs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=factor,
@@ -97,7 +89,8 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
     scheduler (a run-time token-pruning patch makes steps differ; with one applied, ``steps`` defaults to 20).
     """
     family = detect_family(pipe)
-    unet, factor, text_length = _unet_parts(pipe)
+    unet, g = unet_of(pipe, "measure_pipeline"), geometry(pipe)
+    factor, text_length = g.vae_scale_factor, g.text_length
     resolution = resolution or default_resolution(pipe)
     call = unet_call(pipe, resolution=resolution, batch=batch) if latency_repeats > 0 else None
     patch = applied_runtime_patch(unet)

@@ -11,18 +11,17 @@ and ``diffprune.load`` re-applies it.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from torch import nn
 from tqdm.auto import tqdm
 
+from diffprune.anatomy import describe_kind, has_unet, is_pipeline
 from diffprune.errors import DiffpruneError
-from diffprune.history import record_step
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
 from diffprune.layers import prune as prune_layers
-from diffprune.tokens import apply as apply_tokens
-from diffprune.tokens import applied_config, parse_spec
+from diffprune.results import StepResult
+from diffprune.tokens import TokenPruneResult, applied_config, parse_spec
+from diffprune.tokens import prune as prune_tokens
 from diffprune.weights import PruneResult
 from diffprune.weights import prune as prune_weights
 from diffprune.weights.prune import check_recipe
@@ -32,34 +31,34 @@ from .spec import Recipe
 
 @dataclass
 class CompressResult:
-    """What each step did, and how long it took."""
+    """One :class:`~diffprune.results.StepResult` per step that ran (``None`` for a step the recipe lacks)."""
 
     recipe: Recipe
     layers: LayerPruneResult | None = None
     weights: PruneResult | None = None
-    tokens: str | None = None
-    seconds: dict[str, float] = field(default_factory=dict)
+    tokens: TokenPruneResult | None = None
+
+    @property
+    def steps(self) -> list[StepResult]:
+        """The steps' results, in the order they ran."""
+        return [r for r in (self.layers, self.weights, self.tokens) if r is not None]
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {r.family: r.seconds for r in self.steps}
 
     def to_json(self) -> dict:
-        out: dict = {"recipe": self.recipe.to_dict(), "seconds": dict(self.seconds)}
-        if self.layers is not None:
-            out["layers"] = {"removed": self.layers.removed, "params_before": self.layers.params_before,
-                             "params_after": self.layers.params_after, "flops_before": self.layers.flops_before,
-                             "flops_after": self.layers.flops_after, "preset": self.layers.preset}
-        if self.weights is not None:
-            out["weights"] = self.weights.to_json()
-        if self.tokens is not None:
-            out["tokens"] = self.tokens
-        return out
+        return {"recipe": self.recipe.to_dict(), "seconds": self.seconds,
+                **{r.family: r.to_json() for r in self.steps}}
 
 
 def check(pipe, recipe: Recipe) -> None:
     """Everything :func:`compress` needs from ``pipe`` and ``recipe``, checked before any change."""
-    if isinstance(pipe, nn.Module):
-        raise DiffpruneError("compress works on a whole pipeline (calibration samples through it); for a bare "
-                             "module use the family functions (diffprune.weights.prune, diffprune.tokens.apply)")
-    if type(getattr(pipe, "unet", None)).__name__ != "UNet2DConditionModel" and \
-            (recipe.layers is not None or recipe.tokens is not None):
+    if not is_pipeline(pipe):
+        raise DiffpruneError(f"compress works on a whole pipeline (calibration samples through it), got "
+                             f"{describe_kind(pipe)}; for a bare module use the family functions "
+                             "(diffprune.weights.prune, diffprune.layers.prune, diffprune.tokens.prune)")
+    if not has_unet(pipe) and (recipe.layers is not None or recipe.tokens is not None):
         raise DiffpruneError("layer and token pruning need a pipeline with a UNet2DConditionModel")
     if recipe.tokens is not None and applied_config(pipe) is not None:
         raise DiffpruneError("the pipeline already carries a token-pruning patch; remove it first")
@@ -81,7 +80,6 @@ def compress(pipe, recipe: Recipe, *, progress: bool = True) -> CompressResult:
     bar = tqdm(steps, desc=f"compress {recipe.name or ''}".strip(), disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
-        start = time.perf_counter()
         if step == "layers":
             layers = recipe.layers
             if layers.preset is not None:
@@ -89,15 +87,12 @@ def compress(pipe, recipe: Recipe, *, progress: bool = True) -> CompressResult:
             else:
                 config = LayerPruningConfig(ratio=layers.ratio, budget=layers.budget, criterion=layers.criterion,
                                             granularity=layers.granularity, solver=layers.solver,
-                                            calibration=recipe.calibration.layers_config(), seed=layers.seed)
+                                            calibration=recipe.calibration.layers_config(), seed=layers.seed,
+                                            expressible=layers.expressible)
                 result.layers = prune_layers(pipe, config, progress=progress)
         elif step == "weights":
             result.weights = prune_weights(pipe, {c: w.config() for c, w in recipe.weights.items()},
                                            recipe.calibration.weights_config(), progress=progress)
         else:
-            config = parse_spec(recipe.tokens)
-            apply_tokens(pipe, config)
-            result.tokens = config.spec()
-            record_step(pipe, {"step": "prune-tokens", "spec": result.tokens})
-        result.seconds[step] = round(time.perf_counter() - start, 3)
+            result.tokens = prune_tokens(pipe, parse_spec(recipe.tokens), progress=progress)
     return result

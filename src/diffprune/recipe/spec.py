@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from diffprune.calibration import DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_PROMPTS, DEFAULT_STEPS
 from diffprune.errors import DiffpruneError
 from diffprune.layers import BUDGETS, CRITERIA, GRANULARITIES, PRESETS, SOLVERS
 from diffprune.tokens import parse_spec
@@ -51,17 +52,18 @@ class CalibrationSpec:
     the start, or the testbed's training captions), sampled with ``steps`` steps from ``seed``."""
 
     prompts: tuple[str, ...] | None = None
-    num_prompts: int = 16
-    steps: int = 10
-    guidance_scale: float = 5.0
-    batch_size: int = 8
+    num_prompts: int = DEFAULT_NUM_PROMPTS
+    steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
+    timesteps: int = 5  # layer pruning: sampling steps recorded per prompt (evenly spread)
 
     def __post_init__(self) -> None:
         if self.prompts is not None:
             object.__setattr__(self, "prompts", tuple(self.prompts))
-        if min(self.num_prompts, self.steps, self.batch_size) < 1:
-            raise DiffpruneError("calibration: num_prompts, steps and batch_size must be at least 1")
+        if min(self.num_prompts, self.steps, self.batch_size, self.timesteps) < 1:
+            raise DiffpruneError("calibration: num_prompts, steps, batch_size and timesteps must be at least 1")
 
     def weights_config(self):
         from diffprune.weights import CalibrationConfig
@@ -76,7 +78,7 @@ class CalibrationSpec:
         from diffprune.layers import LayerCalibrationConfig
 
         return LayerCalibrationConfig(prompts=self.prompts, num_prompts=self.num_prompts, steps=self.steps,
-                                      timesteps=min(5, self.steps), guidance_scale=self.guidance_scale,
+                                      timesteps=min(self.timesteps, self.steps), guidance_scale=self.guidance_scale,
                                       batch_size=self.batch_size, seed=self.seed)
 
 
@@ -92,10 +94,13 @@ class LayerStep:
     granularity: str = "block"
     solver: str = "knapsack"
     seed: int = 0
+    expressible: bool = False  # only transformer layers a plain diffusers config describes (granularity layer)
 
     def __post_init__(self) -> None:
         if (self.ratio is None) == (self.preset is None):
             raise DiffpruneError("layers: give either a ratio or a preset")
+        if self.expressible and self.granularity != "layer":
+            raise DiffpruneError("layers: expressible selection works on transformer layers: granularity 'layer'")
         if self.preset is not None and self.preset not in PRESETS:
             raise DiffpruneError(f"layers: unknown preset '{self.preset}' (choose from {', '.join(PRESETS)})")
         if self.ratio is not None and not 0 < self.ratio < 1:
@@ -109,7 +114,8 @@ class LayerStep:
     def to_dict(self) -> dict:
         if self.preset is not None:
             return {"preset": self.preset}
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preset"}
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name != "preset" and (f.name != "expressible" or self.expressible)}
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ from diffprune.measure.runtime import RuntimePatchKind, register_runtime_patch
 
 from .config import METHODS, TokenPruningConfig, parse_spec, with_ratio
 from .measure import ScheduleFlops, ratio_for_flops, schedule_flops
-from .patch import applied_config, apply, at_timestep, remove
+from .patch import KeptTokens, active_patch, applied_config, apply, at_timestep, observe_kept, remove
+from .prune import TokenPruneResult, prune
 
 
 def _describe(unet) -> str | None:
@@ -19,5 +20,5 @@ def _apply_spec(target, spec: str):
 
 register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops, _apply_spec))
 
-__all__ = ["METHODS", "ScheduleFlops", "TokenPruningConfig", "applied_config", "apply", "at_timestep",
-           "parse_spec", "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]
+__all__ = ["KeptTokens", "METHODS", "observe_kept", "ScheduleFlops", "TokenPruneResult", "TokenPruningConfig", "active_patch", "applied_config",
+           "apply", "at_timestep", "parse_spec", "prune", "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]

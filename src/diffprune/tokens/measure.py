@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from diffprune.anatomy import geometry, unet_of
 from diffprune.measure.flops import FlopCount, count_flops
 from diffprune.measure.inputs import unet_inputs
 
-from .patch import active_patch, at_timestep, unet_of
+from .patch import active_patch, at_timestep
 from .schedule import ratio_for
 
 
@@ -38,22 +39,14 @@ def schedule_timesteps(target, steps: int) -> list[float]:
     return [float(t) for t in scheduler.timesteps]
 
 
-def _geometry(target, vae_scale_factor, text_length) -> tuple[int, int]:
-    if vae_scale_factor is None:
-        vae_scale_factor = int(getattr(target, "vae_scale_factor", 8))
-    if text_length is None:
-        tokenizer = getattr(target, "tokenizer", None)
-        text_length = int(getattr(tokenizer, "model_max_length", 77)) if tokenizer is not None else 77
-    return vae_scale_factor, text_length
-
-
 def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_scale_factor: int | None = None,
                    text_length: int | None = None) -> ScheduleFlops:
     """Count one U-Net call at every timestep of the schedule (on ``meta``: shapes only, no arithmetic); calls
     with the same pruning plan are counted once. The VAE factor and text length default to the pipeline's
     (8 and 77 for a bare U-Net)."""
-    unet = unet_of(target)
-    vae_scale_factor, text_length = _geometry(target, vae_scale_factor, text_length)
+    unet = unet_of(target, "token pruning")
+    g = geometry(target, vae_scale_factor=vae_scale_factor, text_length=text_length)
+    vae_scale_factor, text_length = g.vae_scale_factor, g.text_length
     timesteps = schedule_timesteps(target, steps)
     patch = active_patch(unet)
     inputs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from diffprune.anatomy import unet_of
 from diffprune.errors import DiffpruneError
 
 from . import gwpr, recovery
@@ -26,6 +27,18 @@ from .tome import bipartite_matching
 _ATTR = "_diffprune_tokens"
 
 
+@dataclass(frozen=True)
+class KeptTokens:
+    """What one attention block kept in one U-Net call: ``kept`` (batch, kept count) token indices into the
+    ``tokens`` = height x width tokens of ``grid``, row-major."""
+
+    site: str
+    timestep: float | None
+    tokens: int
+    grid: tuple[int, int] | None
+    kept: torch.Tensor
+
+
 class _Runtime:
     """State shared by every site of one patched U-Net during one call."""
 
@@ -35,6 +48,7 @@ class _Runtime:
         self.timestep: float | None = None
         self.forced_timestep: float | None = None
         self.sites: list[_Site] = []
+        self.observers: list = []
 
     def start_call(self, module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
@@ -106,6 +120,11 @@ class _Site:
         kept, pruned = gwpr.split_tokens(scores, keep)
         source = recovery.most_similar_kept(attention, kept, pruned)
         self.pending = (x, kept, pruned, source)
+        if self.runtime.observers:
+            event = KeptTokens(site=self.info.name, timestep=self.runtime.timestep, tokens=n, grid=self.grid,
+                               kept=kept.detach().cpu())
+            for observer in self.runtime.observers:
+                observer(event)
         return recovery.gather_tokens(x, kept)
 
     # block placement: hooks around the first layer
@@ -144,17 +163,6 @@ class _Patch:
     processors: list = field(default_factory=list)   # attention modules whose processor was wrapped
 
 
-def unet_of(target):
-    """The ``UNet2DConditionModel`` of a pipeline, or ``target`` itself."""
-    from diffusers import UNet2DConditionModel
-
-    unet = target if isinstance(target, UNet2DConditionModel) else getattr(target, "unet", None)
-    if not isinstance(unet, UNet2DConditionModel):
-        raise DiffpruneError(f"token pruning needs a UNet2DConditionModel or a pipeline with one, "
-                             f"got {type(target).__name__}")
-    return unet
-
-
 def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
     if config.method == "tome":
         return "tome"
@@ -169,7 +177,7 @@ def apply(target, config: TokenPruningConfig | None = None):
     Idempotent: applying again replaces the previous patch. ``remove`` undoes it exactly.
     """
     config = config or TokenPruningConfig()
-    unet = unet_of(target)
+    unet = unet_of(target, "token pruning")
     remove(unet)
     scheduler = getattr(target, "scheduler", None)
     steps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
@@ -239,7 +247,7 @@ def _undo(patch: _Patch) -> None:
 
 def remove(target):
     """Undo ``apply`` (a no-op on an unpatched U-Net); returns ``target``."""
-    unet = unet_of(target)
+    unet = unet_of(target, "token pruning")
     patch = unet.__dict__.pop(_ATTR, None)
     if patch is not None:
         _undo(patch)
@@ -248,7 +256,21 @@ def remove(target):
 
 def active_patch(target):
     """The patch :func:`apply` installed on ``target``'s U-Net (its config and run-time state), or ``None``."""
-    return unet_of(target).__dict__.get(_ATTR)
+    return unet_of(target, "token pruning").__dict__.get(_ATTR)
+
+
+@contextmanager
+def observe_kept(target, callback):
+    """Call ``callback(KeptTokens)`` each time an attention block of ``target``'s token-pruning patch chooses
+    its kept tokens (AT-EDM and random; ToMe merges instead). Observers do not change the images."""
+    patch = active_patch(target)
+    if patch is None:
+        raise DiffpruneError("observe_kept needs a token-pruning patch: apply one first")
+    patch.runtime.observers.append(callback)
+    try:
+        yield
+    finally:
+        patch.runtime.observers.remove(callback)
 
 
 def applied_config(target) -> TokenPruningConfig | None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffprune.calibration import calibration_prompts
+from diffprune.calibration import (DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_PROMPTS, DEFAULT_STEPS,
+                                    calibration_generators, calibration_prompts)
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 from diffprune.weights.targets import Target
@@ -25,10 +26,10 @@ from diffprune.weights.targets import Target
 @dataclass
 class CalibrationConfig:
     prompts: list[str] | None = None   # None: the shapes testbed's training prompts
-    num_prompts: int = 32
-    steps: int = 10                    # denoising steps per U-Net calibration run
-    guidance_scale: float = 5.0
-    batch_size: int = 8
+    num_prompts: int = DEFAULT_NUM_PROMPTS
+    steps: int = DEFAULT_STEPS         # denoising steps per U-Net calibration run
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE
+    batch_size: int = DEFAULT_BATCH_SIZE
     seed: int = 0
     timestep_weighting: str = "log_decrease"  # or "uniform"
     weight_min: float = 0.8
@@ -159,7 +160,7 @@ def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
     try:
         for i in range(0, len(prompts), config.batch_size):
             batch = prompts[i:i + config.batch_size]
-            gens = [torch.Generator(device="cpu").manual_seed(config.seed * 100_003 + i + j) for j in range(len(batch))]
+            gens = calibration_generators(config.seed, i, len(batch))
             state["call"] = 0
             with pipeline_bar_disabled(pipe):
                 pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,

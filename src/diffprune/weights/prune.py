@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffprune.anatomy import is_module, is_unet
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
+from diffprune.results import StepResult
 from diffprune.weights.calibrate import CalibrationConfig, Collector, run_sampling, run_text_encoder
 from diffprune.weights.config import MagnitudeConfig, OWLConfig, PruneConfig, RandomConfig, SparseGPTConfig
 from diffprune.weights.magnitude import magnitude_prune, random_prune
@@ -45,16 +48,27 @@ class ComponentResult:
 
 
 @dataclass
-class PruneResult:
+class PruneResult(StepResult):
+    """Per pruned component: method, pattern, target and achieved sparsity, weights, seconds."""
+
+    family: ClassVar[str] = "weights"
     components: dict[str, ComponentResult] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return round(sum(c.seconds for c in self.components.values()), 3)
+
+    def summary(self) -> str:
+        return "; ".join(f"{name}: {c.method} {c.pattern}, {c.sparsity:.1%} of {c.weights:,} weights zero"
+                         for name, c in self.components.items())
 
     def to_json(self) -> dict:
         return {name: asdict(c) for name, c in self.components.items()}
 
 
 def _components(pipe) -> dict[str, nn.Module]:
-    if isinstance(pipe, nn.Module):
-        return {"unet" if type(pipe).__name__ == "UNet2DConditionModel" else "text_encoder": pipe}
+    if is_module(pipe):
+        return {"unet" if is_unet(pipe) else "text_encoder": pipe}
     return {n: getattr(pipe, n) for n in PRUNABLE_COMPONENTS if isinstance(getattr(pipe, n, None), nn.Module)}
 
 
@@ -77,7 +91,7 @@ def check_recipe(pipe, recipe: dict[str, PruneConfig]) -> dict[str, list[Target]
             raise DiffpruneError(f"{name} is on the meta device and has no weights to prune")
         if isinstance(config, OWLConfig) and name == "unet":
             raise DiffpruneError("OWL assigns sparsity per text-encoder block; use another method for the unet")
-        if config.needs_calibration and isinstance(pipe, nn.Module):
+        if config.needs_calibration and is_module(pipe):
             raise DiffpruneError(f"{config.method} needs calibration through a full pipeline, not a bare module")
         targets = find_targets(module, include_conv=config.include_conv)
         if not targets:
