@@ -15,17 +15,17 @@ import argparse
 import copy
 
 import diffprune
+from diffprune.anatomy import geometry
 from diffprune.evaluate import ShapesSuiteConfig, run_shapes_suite
-from diffprune.layers import (CRITERIA, LayerCalibrationConfig, LayerPruningConfig, build_preset,
-                              enumerate_units, plan, record_calibration, remove_units, score_units)
-from diffprune.layers.additivity import additivity, plot_additivity
-from diffprune.layers.units import removable_units
-from diffprune.measure import count_flops, describe_hardware, unet_inputs
+from diffprune.layers import (CRITERIA, LayerCalibrationConfig, LayerPruningConfig, additivity, apply_preset,
+                              enumerate_units, plot_additivity, prune, record_calibration, removable_units,
+                              score_units)
+from diffprune.measure import describe_hardware, unet_call_flops
 from diffprune.testbed.evaluator import load_evaluator
 
 
-def _flops(unet) -> int:
-    return count_flops(unet, **unet_inputs(unet, resolution=64, batch=1, vae_scale_factor=4, text_length=16)).total
+def _flops(pipe) -> int:
+    return unet_call_flops(pipe).total
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     evaluator = load_evaluator()
     suite = ShapesSuiteConfig(prompts=args.prompts, progress=False)
     data = record_calibration(base, LayerCalibrationConfig())
-    units = enumerate_units(base.unet, args.granularity, vae_scale_factor=4, text_length=16)
+    g = geometry(base)
+    units = enumerate_units(base.unet, args.granularity, vae_scale_factor=g.vae_scale_factor,
+                            text_length=g.text_length)
     candidates = removable_units(units)
     scores = {c: score_units(base, candidates, c, data) for c in CRITERIA}
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {c:<12} Pearson {result.pearson(c):7.3f}   Spearman {result.spearman(c):7.3f}")
 
     params0 = sum(p.numel() for p in base.unet.parameters())
-    flops0 = _flops(base.unet)
+    flops0 = _flops(base)
     loss = scores["output-loss"]
     print("\nper-unit output loss (mean squared change of the U-Net output when the unit alone is removed):")
     print(f"  {'unit':<44}{'params':>10}{'share':>8}{'output loss':>14}")
@@ -68,16 +70,15 @@ def main(argv: list[str] | None = None) -> None:
         for criterion in CRITERIA:
             pipe = copy.deepcopy(base)
             config = LayerPruningConfig(ratio=ratio, criterion=criterion, granularity=args.granularity)
-            removed, _, _ = plan(pipe, config, data, units, scores=scores[criterion])  # scored once, above
-            remove_units(pipe.unet, removed, {u.name: u for u in units})
-            params = sum(p.numel() for p in pipe.unet.parameters())
-            rows.append((f"{criterion} @ {ratio:.0%}", ratio, params, _flops(pipe.unet),
+            r = prune(pipe, config, data, scores=scores[criterion])  # scored once, above
+            params = r.params_after
+            rows.append((f"{criterion} @ {ratio:.0%}", ratio, params, r.flops_after,
                          run_shapes_suite(pipe, suite, evaluator).metrics))
     for preset in ("bk-base", "bk-small"):
         pipe = copy.deepcopy(base)
-        pipe.unet = build_preset(pipe.unet, preset)
-        params = sum(p.numel() for p in pipe.unet.parameters())
-        rows.append((preset, 1 - params / params0, params, _flops(pipe.unet),
+        r = apply_preset(pipe, preset)
+        params = r.params_after
+        rows.append((preset, 1 - params / params0, params, r.flops_after,
                      run_shapes_suite(pipe, suite, evaluator).metrics))
 
     print(f"\n{'variant':<24}{'params':>10}{'removed':>9}{'MFLOPs':>9}{'acc_all':>9}{'color':>8}{'shape':>8}"

@@ -17,7 +17,6 @@ import torch
 import diffprune
 from diffprune import tokens
 from diffprune.evaluate.prompts import shapes_prompts
-from diffprune.tokens import patch as token_patch
 
 
 def _object_mask(images: torch.Tensor, grid: int) -> torch.Tensor:
@@ -40,29 +39,24 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [p for p in shapes_prompts(None) if len(p.scene.objects) == 1][: args.prompts]
     site_name = "down_blocks.0.attentions.0"
     records: list[torch.Tensor] = []
-    original = token_patch._Site.prune
 
-    def recording_prune(self, x, ratio):
-        out = original(self, x, ratio)
-        if self.info.name == site_name:
-            kept = self.pending[1]
-            mask = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
-            mask.scatter_(1, kept.cpu(), True)
+    def observe(event: tokens.KeptTokens) -> None:
+        if event.site == site_name:
+            mask = torch.zeros(event.kept.shape[0], event.tokens, dtype=torch.bool)
+            mask.scatter_(1, event.kept, True)
             records.append(mask)
-        return out
 
-    token_patch._Site.prune = recording_prune
-    try:
-        print(f"{len(prompts)} one-object held-out prompts, {args.steps} steps; site {site_name} (16x16 tokens); "
-              f"last {args.last} steps, conditional half of the CFG batch")
-        print(f"{'tokens':<28}{'kept, all tokens':>18}{'kept, object tokens':>22}{'object tokens':>15}")
-        for spec in args.tokens:
-            config = tokens.parse_spec(spec)
-            if config.method == "tome":
-                print(f"{spec:<28}  (ToMe merges rather than keeps: not measured here)")
-                continue
-            tokens.apply(pipe, config)
-            kept_all = kept_obj = n_obj = n_all = 0.0
+    print(f"{len(prompts)} one-object held-out prompts, {args.steps} steps; site {site_name} (16x16 tokens); "
+          f"last {args.last} steps, conditional half of the CFG batch")
+    print(f"{'tokens':<28}{'kept, all tokens':>18}{'kept, object tokens':>22}{'object tokens':>15}")
+    for spec in args.tokens:
+        config = tokens.parse_spec(spec)
+        if config.method == "tome":
+            print(f"{spec:<28}  (ToMe merges rather than keeps: not measured here)")
+            continue
+        tokens.apply(pipe, config)
+        kept_all = kept_obj = n_obj = 0.0
+        with tokens.observe_kept(pipe, observe):
             for prompt in prompts:
                 records.clear()
                 image = pipe(prompt.caption, num_inference_steps=args.steps, guidance_scale=5.0, output_type="pt",
@@ -73,12 +67,10 @@ def main(argv: list[str] | None = None) -> None:
                     kept_all += float(cond.float().mean())
                     kept_obj += float(cond[obj].float().sum())
                     n_obj += float(obj.sum())
-            tokens.remove(pipe)
-            steps = len(prompts) * args.last
-            print(f"{spec:<28}{kept_all / steps:>18.3f}{kept_obj / max(n_obj, 1):>22.3f}"
-                  f"{n_obj / steps / 256:>15.3f}", flush=True)
-    finally:
-        token_patch._Site.prune = original
+        tokens.remove(pipe)
+        steps = len(prompts) * args.last
+        print(f"{spec:<28}{kept_all / steps:>18.3f}{kept_obj / max(n_obj, 1):>22.3f}"
+              f"{n_obj / steps / 256:>15.3f}", flush=True)
 
 
 if __name__ == "__main__":

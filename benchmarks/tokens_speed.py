@@ -4,8 +4,9 @@
         [--tokens atedm:ratio=0.63 ...] [--repeats 3] [--timestep 500] [--batch 1]
 
 For each architecture, builds ``random:<arch>``'s U-Net (fp32, seeded random weights: speed does not depend
-on the values), then for each spec times one U-Net call unpruned and pruned, alternately in one process
-(SDPA stays on for every attention call except the scoring layers'), and counts both calls' FLOPs
+on the values) and a twin sharing its weights (no second copy in memory) that carries the token-pruning patch,
+applied once outside the timed calls; then for each spec times one U-Net call of each, alternately in one
+process (SDPA stays on for every attention call except the scoring layers'), and counts both calls' FLOPs
 (overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their quotient. ``--timestep``
 picks the call: 500 is in DSAP's late phase (every selected block prunes); 999 in its early phase.
 """
@@ -20,6 +21,14 @@ import torch
 from diffprune import tokens
 from diffprune.archs import build_unet
 from diffprune.measure import compare_latency, count_flops, describe_hardware, unet_inputs
+
+
+def _twin(unet):
+    """A second instance of ``unet`` holding the very same parameter tensors (patches are per instance)."""
+    with torch.device("meta"):
+        twin = type(unet).from_config(unet.config)
+    twin.load_state_dict(unet.state_dict(), assign=True)
+    return twin.eval()
 
 
 def _row(arch, resolution, spec, base_flops, flops, comparison):
@@ -52,32 +61,24 @@ def main(argv: list[str] | None = None) -> None:
           f"{'s base':>9}{'s pruned':>9}{'speedup':>9}{'quotient':>9}", flush=True)
     for arch, resolution in zip(archs, resolutions):
         unet = build_unet(arch, seed=0)
+        pruned_unet = _twin(unet)
         kwargs = unet_inputs(unet, resolution=resolution, batch=args.batch)
         kwargs["timestep"] = torch.full((args.batch,), args.timestep)
         base_flops = count_flops(unet, **kwargs).total
 
-        def baseline():
+        def call(model):
             with torch.inference_mode():
-                unet(**kwargs)
+                model(**kwargs)
 
         for spec in specs:
-            config = tokens.parse_spec(spec)
-            tokens.apply(unet, config)
-            with tokens.at_timestep(unet, args.timestep):
-                flops = count_flops(unet, **kwargs).total
-            tokens.remove(unet)
-
-            def pruned():
-                tokens.apply(unet, config)
-                try:
-                    with torch.inference_mode():
-                        unet(**kwargs)
-                finally:
-                    tokens.remove(unet)
-
-            comparison = compare_latency(baseline, pruned, repeats=args.repeats, warmup=args.warmup)
+            tokens.apply(pruned_unet, tokens.parse_spec(spec))
+            with tokens.at_timestep(pruned_unet, args.timestep):
+                flops = count_flops(pruned_unet, **kwargs).total
+            comparison = compare_latency(lambda: call(unet), lambda: call(pruned_unet), repeats=args.repeats,
+                                         warmup=args.warmup)
             print(_row(arch, resolution, spec, base_flops, flops, comparison), flush=True)
-        del unet
+            tokens.remove(pruned_unet)
+        unet = pruned_unet = None  # free this architecture before building the next
 
 
 if __name__ == "__main__":

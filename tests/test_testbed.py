@@ -2,7 +2,6 @@
 reads ground truth."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

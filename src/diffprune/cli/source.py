@@ -9,8 +9,8 @@ _INPUT_OPTIONS = ("config", "recipe", "calib_prompts", "prompts_file", "referenc
                   "clip_model", "pickscore_model", "pickscore_processor")
 
 
-def add_source_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("source", metavar="SOURCE",
+def add_source_options(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    p.add_argument("source", metavar="SOURCE", **({"nargs": "?"} if optional else {}),
                    help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' (the bundled "
                         "testbed), or random:<arch> (sd15, sd21, sdxl, tiny-sd, tiny-sdxl)")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
@@ -34,5 +34,5 @@ def input_paths(args) -> list[str]:
     sources count with the folders their loading reads (:func:`diffprune.io.read_paths`)."""
     from diffprune.io import read_paths
 
-    return [p for value in [args.source, *(getattr(args, name, None) for name in _INPUT_OPTIONS)] if value
-            for p in read_paths(value)]
+    values = [args.source, *(getattr(args, name, None) for name in _INPUT_OPTIONS), *(getattr(args, "recipes", None) or [])]
+    return [p for value in values if value for p in read_paths(value)]

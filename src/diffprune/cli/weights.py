@@ -8,7 +8,6 @@ model is loaded, and nothing is written unless the whole run succeeded.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from diffprune.cli.common import add_generation_options, positive_int

@@ -91,7 +91,7 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
         from .fidelity import fidelity_metrics
 
         reference = _as_pipe(config.reference or "shapes", dtype, device)
-        features = _feature_fn(image_size(pipe), config)
+        features = feature_fn(image_size(pipe), config)
         images = generate(pipe, prompts, desc="compressed", **gen)
         reference_images = generate(reference, prompts, desc="reference", **gen)
         metrics = fidelity_metrics(images, reference_images, features)
@@ -102,7 +102,7 @@ def evaluate(source, config: EvalConfig | None = None, *, dtype=None, device=Non
             evaluator = load_evaluator()
             metrics.update(reading_agreement(evaluator.read(images), evaluator.read(reference_images)))
     else:
-        scorer = _external_scorer(config, prompts, image_size(pipe))  # loads its network before generating
+        scorer = external_scorer(config, prompts, image_size(pipe))  # loads its network before generating
         images = generate(pipe, prompts, desc=config.suite, **gen)
         metrics = scorer(images, captions)
     metrics.update(n_images=len(images), steps=config.steps, guidance_scale=config.guidance_scale,
@@ -137,7 +137,7 @@ def check_inputs(config: EvalConfig) -> None:
             raise DiffpruneError(f"reference images: no such folder {config.reference_images}")
 
 
-def _feature_fn(resolution: int, config: EvalConfig):
+def feature_fn(resolution: int, config: EvalConfig):
     """Features for the fidelity cosine: a local CLIP if given, else the shapes evaluator for 64x64 images."""
     if config.clip_model:
         from .clip import embed, load_clip
@@ -151,7 +151,7 @@ def _feature_fn(resolution: int, config: EvalConfig):
     return None
 
 
-def _external_scorer(config: EvalConfig, prompts, resolution: int):
+def external_scorer(config: EvalConfig, prompts, resolution: int):
     """A function ``(images, captions) -> metrics`` with its network (and reference images) already loaded."""
     if config.suite == "clip":
         from .clip import clip_score, load_clip

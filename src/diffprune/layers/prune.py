@@ -9,6 +9,7 @@ from typing import ClassVar
 from diffprune.anatomy import geometry, is_pipeline, unet_of
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
+from diffprune.measure.pipeline import unet_call_flops
 from diffprune.measure.runtime import applied_runtime_patch
 from diffprune.results import StepResult
 
@@ -106,7 +107,7 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
     units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
     candidates = expressible_units(unet, units) if config.expressible else removable_units(units)
     total = sum(p.numel() for p in unet.parameters()) if config.budget == "params" else \
-        _unet_flops(unet, vae_factor, text_length)
+        unet_call_flops(pipe).total
     limit = sum(_cost(u, config.budget) for u in candidates) / total
     if config.ratio >= limit:
         what = "expressible layers" if config.expressible else f"{config.granularity} granularity"
@@ -126,15 +127,6 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
     return [candidates[i].name for i in picked], scores, units
 
 
-def _unet_flops(unet, vae_factor: int, text_length: int) -> int:
-    from diffprune.measure.flops import count_flops
-    from diffprune.measure.inputs import unet_inputs
-
-    resolution = int(unet.config.sample_size) * vae_factor
-    return count_flops(unet, **unet_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_factor,
-                                           text_length=text_length)).total
-
-
 def _check_unpatched(unet) -> None:
     patch = applied_runtime_patch(unet)
     if patch is not None:
@@ -143,22 +135,22 @@ def _check_unpatched(unet) -> None:
 
 
 def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet | None = None,
-          progress: bool = False) -> LayerPruneResult:
+          progress: bool = False, *, scores: dict[str, float] | None = None) -> LayerPruneResult:
     """Score, select and remove in place; returns what was removed and the achieved ratios. ``pipe`` is a
     pipeline, or a bare U-Net for the criteria that need no sampling (magnitude, random; output-loss with
-    ``data`` recorded beforehand)."""
+    ``data`` recorded beforehand). ``scores`` of ``config.criterion`` from an earlier call (e.g.
+    :func:`score_units` on the same U-Net) skip scoring, so one scoring serves several ratios."""
     start = time.perf_counter()
     config = config or LayerPruningConfig()
-    unet, g = unet_of(pipe, "layer pruning"), geometry(pipe)
-    vae_factor, text_length = g.vae_scale_factor, g.text_length
+    unet = unet_of(pipe, "layer pruning")
     _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
-    flops_before = _unet_flops(unet, vae_factor, text_length)
-    removed, scores, units = plan(pipe, config, data, progress=progress)
+    flops_before = unet_call_flops(pipe).total
+    removed, scores, units = plan(pipe, config, data, progress=progress, scores=scores)
     remove_units(unet, removed, {u.name: u for u in units})
     result = LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
                               params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
-                              flops_after=_unet_flops(unet, vae_factor, text_length), config=config,
+                              flops_after=unet_call_flops(pipe).total, config=config,
                               seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"{config.criterion}, {config.granularity} granularity",
                        "removed": removed, "params_before": params_before, "params_after": result.params_after})
@@ -173,15 +165,14 @@ def apply_preset(pipe, preset: str) -> LayerPruneResult:
     if not is_pipeline(pipe):
         raise DiffpruneError("a preset replaces the pipeline's U-Net; for a bare U-Net use layers.build_preset, "
                              "which returns the new one")
-    unet, g = unet_of(pipe, "a layer-pruning preset"), geometry(pipe)
-    vae_factor, text_length = g.vae_scale_factor, g.text_length
+    unet = unet_of(pipe, "a layer-pruning preset")
     _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
-    flops_before = _unet_flops(unet, vae_factor, text_length)
+    flops_before = unet_call_flops(pipe).total
     pipe.unet = build_preset(unet, preset)
     result = LayerPruneResult(removed=[], scores={}, params_before=params_before,
                               params_after=sum(p.numel() for p in pipe.unet.parameters()),
-                              flops_before=flops_before, flops_after=_unet_flops(pipe.unet, vae_factor, text_length),
+                              flops_before=flops_before, flops_after=unet_call_flops(pipe).total,
                               config=None, preset=preset, seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"preset {preset}", "removed": [],
                        "params_before": params_before, "params_after": result.params_after})

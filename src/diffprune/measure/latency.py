@@ -81,19 +81,32 @@ def measure_latency(fn: Callable[[], object], *, repeats: int = 10, warmup: int 
     return _stats(label, times, warmup, device)
 
 
+def interleaved_latency(fns: dict[str, Callable[[], object]], *, repeats: int = 10, warmup: int = 2,
+                        device: str = "cpu", timer: Callable[[], float] = time.perf_counter,
+                        progress: bool = False) -> dict[str, LatencyStats]:
+    """Time several callables in rounds, each round visiting all of them in an order rotated by one (A B C,
+    B C A, C A B, ...), so drift over the run hits every variant alike; one :class:`LatencyStats` per label."""
+    from tqdm.auto import tqdm
+
+    _check(repeats, warmup)
+    if not fns:
+        raise DiffpruneError("nothing to time")
+    labels = list(fns)
+    for _ in range(warmup):
+        for label in labels:
+            fns[label]()
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for i in tqdm(range(repeats), desc="latency", unit="round", disable=not progress):
+        for k in range(len(labels)):
+            label = labels[(i + k) % len(labels)]
+            times[label].append(_timed(fns[label], device, timer))
+    return {label: _stats(label, times[label], warmup, device) for label in labels}
+
+
 def compare_latency(baseline: Callable[[], object], candidate: Callable[[], object], *, repeats: int = 10,
                     warmup: int = 2, labels: tuple[str, str] = ("baseline", "candidate"), device: str = "cpu",
                     timer: Callable[[], float] = time.perf_counter) -> LatencyComparison:
-    """Time two callables alternately (A B B A A B ...) so drift hits both alike; return both and the ratio."""
-    _check(repeats, warmup)
-    for _ in range(warmup):
-        baseline()
-        candidate()
-    times: dict[int, list[float]] = {0: [], 1: []}
-    fns = (baseline, candidate)
-    for i in range(repeats):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for which in order:
-            times[which].append(_timed(fns[which], device, timer))
-    return LatencyComparison(_stats(labels[0], times[0], warmup, device),
-                             _stats(labels[1], times[1], warmup, device))
+    """Time two callables alternately (A B, B A, ...) so drift hits both alike; return both and the ratio."""
+    stats = interleaved_latency({labels[0]: baseline, labels[1]: candidate}, repeats=repeats, warmup=warmup,
+                                device=device, timer=timer)
+    return LatencyComparison(stats[labels[0]], stats[labels[1]])

@@ -32,6 +32,18 @@ class PipelineMeasurement:
     steps: int | None = None           # unet_flops is the mean over the U-Net calls of a schedule of this many steps
     unet_tflops_per_step: list[float] | None = None  # one per U-Net call (some schedulers call it more than steps)
 
+    def flops_per_image(self, *, guidance: bool = True) -> int:
+        """FLOPs to draw one image (``batch`` = 1): every U-Net call of the ``steps``-step schedule (twice the
+        batch with classifier-free guidance), the text encoders (the negative prompt too with guidance) and one
+        VAE decode."""
+        if self.steps is None:
+            raise DiffpruneError("FLOPs per image need the schedule: measure with steps=...")
+        factor = 2 if guidance else 1
+        calls = len(self.unet_tflops_per_step or []) or self.steps
+        total = self.unet_flops.total * calls * factor
+        total += sum(f.total for f in self.text_encoder_flops.values()) * factor
+        return total + (self.vae_decode_flops.total if self.vae_decode_flops is not None else 0)
+
     def to_json(self) -> dict:
         """Flat headline keys (``unet_params``, ``unet_tflops``, ...) plus the full detail under ``detail``."""
         out: dict = {"source": self.source, "family": self.family, "resolution": self.resolution,
@@ -59,6 +71,15 @@ class PipelineMeasurement:
 def default_resolution(obj) -> int:
     """The resolution a pipeline (or bare U-Net) was built for: U-Net sample size x VAE scale factor."""
     return geometry(obj).resolution
+
+
+def unet_call_flops(obj, *, resolution: int | None = None, batch: int = 1) -> FlopCount:
+    """FLOPs of one U-Net call of a pipeline (or bare U-Net) as its structure stands — layer-pruned or not —
+    at ``resolution`` (default: the native one), counted on ``meta``; a run-time patch is not counted (see
+    :func:`measure_pipeline` with ``steps``)."""
+    unet, g = unet_of(obj, "FLOPs of a U-Net call"), geometry(obj)
+    return count_flops(unet, **unet_inputs(unet, resolution=resolution or g.resolution, batch=batch,
+                                           vae_scale_factor=g.vae_scale_factor, text_length=g.text_length))
 
 
 def unet_call(obj, *, resolution: int, batch: int = 1, seed: int = 0):
