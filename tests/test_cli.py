@@ -76,16 +76,18 @@ def test_info_on_a_saved_folder(tiny_sd_folder, capsys):
     assert "SD-1.x" in out and "on disk:" in out and "2,446,788" in out
 
 
-def test_demo_writes_a_report(tmp_path, capsys):
+def test_demo_benches_the_shipped_recipes_and_writes_one_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--steps", "2"]) == 0
+    assert main(["demo", "--out", str(out), "--steps", "2", "--prompts", "2", "--recipes", "atedm", "sd2-study"]) == 0
     data = json.loads((out / "report.json").read_text())
-    summary = data["summary"]
-    assert summary["steps"] == 2 and summary["resolution"] == 64 and summary["family"] == data["measurement"]["family"]
-    assert 0 <= summary["accuracy_all"] <= 1 and summary["fd"] > 0 and data["quality"]["n_images"] == 16
-    assert {"samples.png", "params.png", "flops_per_image.png"} <= set(data["files"])
+    assert [row["variant"] for row in data["table"]] == ["baseline", "atedm", "sd2-study"]
+    bench = data["bench"]
+    assert bench["testbed"] and bench["config"]["steps"] == 2 and len(bench["captions"]) == 2
+    assert all(0 <= v["quality"]["accuracy_all"] <= 1 for v in bench["variants"])
+    assert {"pareto.png", "variants.png"} <= set(data["files"])
+    assert "fewer than the full suite" in (out / "report.md").read_text()
     printed = capsys.readouterr().out
-    assert "report.md" in printed and "all attributes right" in printed
+    assert "report.md" in printed and "all attributes right" in printed and "sd2-study" in printed
     code = main(["demo", "--out", str(out)])
     _one_line_error(capsys, code)
     assert json.loads((out / "report.json").read_text()) == data  # untouched
