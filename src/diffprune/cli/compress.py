@@ -75,11 +75,17 @@ def execute(args, recipe, *, weights_format: str) -> Compressed:
     :func:`diffprune.compress`, the pipeline saved to ``--out``."""
     from diffprune import save
     from diffprune._fs import check_outputs
+    from diffprune.anatomy import describe_kind, is_pipeline
+    from diffprune.errors import DiffpruneError
     from diffprune.recipe import compress
 
     inputs = input_paths(args)
     check_outputs({"--out": args.out}, {"--json": args.json}, overwrite=args.overwrite, protect=inputs)
     pipe = load_source(args)
+    if not is_pipeline(pipe):
+        raise DiffpruneError(f"{args.source} is {describe_kind(pipe)}, not a pipeline; {args.command} needs one: "
+                             "give the whole pipeline folder "
+                             "(the Python API prunes bare modules: diffprune.weights.prune, diffprune.layers.prune)")
     result = compress(pipe, recipe, progress=sys.stderr.isatty())
     out = save(pipe, args.out, weights_format=weights_format, overwrite=args.overwrite)
     return Compressed(pipe, result, out, inputs)
