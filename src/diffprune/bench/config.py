@@ -22,7 +22,7 @@ class BenchConfig:
     guidance_scale: float = 5.0
     seed: int = 0
     batch_size: int = 25
-    latency_repeats: int = 3
+    latency_repeats: int = 5
     latency_warmup: int = 1
     grid_prompts: int = 6
     clip_model: str | None = None

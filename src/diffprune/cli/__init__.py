@@ -1,6 +1,6 @@
 """The ``diffprune`` command: parse arguments, call the Python API, print results. One module per command
 group (``describe``: info and measure; ``generate``; ``evaluate``; ``demo``; ``weights``: prune-weights, sweep and
-search; ``layers``: prune-layers; ``compress``; ``bench``), the shared options in ``common`` and ``source``.
+search; ``layers``: prune-layers; ``compress``; ``distill``; ``bench``), the shared options in ``common`` and ``source``.
 
 A mistake the user can fix is reported as one line on stderr with exit status 2, and nothing is written.
 """
@@ -11,7 +11,7 @@ import errno
 import os
 import sys
 
-from diffprune.cli import bench, compress, demo, describe, evaluate, generate, layers, weights
+from diffprune.cli import bench, compress, demo, describe, distill, evaluate, generate, layers, weights
 from diffprune.cli.common import Parser, UsageError
 
 _DISK_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
@@ -19,7 +19,8 @@ _DISK_REFUSALS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 
 _COMMANDS = {"info": describe.run_info, "measure": describe.run_measure, "generate": generate.run,
              "eval": evaluate.run, "demo": demo.run, "prune-weights": weights.run, "sweep": weights.run,
-             "search": weights.run, "prune-layers": layers.run, "compress": compress.run, "bench": bench.run}
+             "search": weights.run, "prune-layers": layers.run, "compress": compress.run, "bench": bench.run,
+             "distill": distill.run}
 
 
 def build_parser() -> Parser:
@@ -29,7 +30,7 @@ def build_parser() -> Parser:
                                                   "and measure what it cost.")
     parser.add_argument("--version", action="version", version=f"diffprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for group in (describe, generate, evaluate, weights, layers, compress, bench, demo):
+    for group in (describe, generate, evaluate, weights, layers, compress, distill, bench, demo):
         group.add_commands(sub)
     return parser
 

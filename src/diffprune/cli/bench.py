@@ -24,7 +24,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt list (default 0)")
-    p.add_argument("--latency-repeats", type=positive_int, default=3, help="interleaved timing rounds (default 3)")
+    p.add_argument("--latency-repeats", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--clip-model", metavar="DIR", help="local CLIP weights: CLIP score and feature cosine")
     p.add_argument("--pickscore-model", metavar="DIR", help="local PickScore weights")
     p.add_argument("--pickscore-processor", metavar="DIR", help="processor folder for PickScore")

@@ -1,0 +1,71 @@
+"""Which features the student matches to the teacher, and forward hooks that collect them.
+
+``stages``: the output of every down, mid and up stage present in both U-Nets (a layer-pruned U-Net keeps its
+stages' shapes; a preset without a mid block has none to match). ``units``: every ResNet and attention module
+the student still has with parameters (a removed unit's stand-in has none) and the teacher has under the same
+name and class. Hooks go on the modules themselves, so wrapping a model for several processes changes nothing.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from diffprune.errors import DiffpruneError
+
+
+def stage_names(unet) -> list[str]:
+    names = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))]
+    if getattr(unet, "mid_block", None) is not None:
+        names.append("mid_block")
+    return names + [f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+
+
+def unit_names(unet) -> list[str]:
+    out = []
+    for stage in stage_names(unet):
+        block = unet.get_submodule(stage)
+        for kind in ("resnets", "attentions"):
+            for j, module in enumerate(getattr(block, kind, None) or []):
+                if any(True for _ in module.parameters()):
+                    out.append(f"{stage}.{kind}.{j}")
+    return out
+
+
+def matched_sites(student, teacher, kind: str = "stages") -> list[str]:
+    """Module names hooked in both models, in forward order."""
+    names = stage_names(student) if kind == "stages" else unit_names(student)
+    teacher_modules = dict(teacher.named_modules())
+    student_modules = dict(student.named_modules())
+    sites = [n for n in names if n in teacher_modules
+             and type(teacher_modules[n]) is type(student_modules[n])]
+    if not sites:
+        raise DiffpruneError(f"the student and the teacher share no {kind} to match features on")
+    return sites
+
+
+class FeatureTaps:
+    """Forward hooks recording the outputs of ``names`` in ``model`` (the first element of a tuple output)."""
+
+    def __init__(self, model: nn.Module, names: list[str]):
+        self.names = list(names)
+        self.outputs: dict[str, object] = {}
+        self._handles = [model.get_submodule(n).register_forward_hook(self._hook(n)) for n in self.names]
+
+    def _hook(self, name: str):
+        def record(_module, _args, output):
+            self.outputs[name] = output[0] if isinstance(output, tuple) else output
+        return record
+
+    def take(self) -> list:
+        """The recorded features in ``names`` order; clears them for the next forward."""
+        missing = [n for n in self.names if n not in self.outputs]
+        if missing:
+            raise DiffpruneError(f"no feature was recorded at {missing[0]}")
+        out = [self.outputs[n] for n in self.names]
+        self.outputs = {}
+        return out
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []

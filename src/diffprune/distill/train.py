@@ -1,0 +1,279 @@
+"""``distill(student, teacher, data, config)``: retrain a pruned pipeline's U-Net against the original's.
+
+The student (a layer- and/or weight-pruned pipeline) learns the denoising task, the teacher's output and the
+teacher's features (see :mod:`diffprune.distill.losses`); the teacher is frozen and runs under ``no_grad`` in
+the same process. Training goes through 🤗 accelerate: launched plainly it uses one process; under
+``accelerate launch`` or ``torchrun`` every process takes its share of each global batch and DDP averages the
+gradients, so N processes end where one would (up to float summation order).
+
+Determinism: sample ``k`` of step ``s`` is drawn from a generator seeded by (seed, s, k) — its data index,
+latent noise, diffusion noise, timestep and caption dropout — so neither resuming nor the number of processes
+changes what is trained on. Checkpoints (``accelerate``'s ``save_state``) hold the student, the optimiser, the
+learning-rate schedule and the EMA; ``resume="latest"`` continues exactly where a run stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from diffprune.anatomy import has_unet
+from diffprune.errors import DiffpruneError
+from diffprune.history import history_of, record_step
+from diffprune.results import StepResult
+
+from .config import DistillConfig
+from .data import DistillData
+from .features import FeatureTaps, matched_sites
+from .losses import mse, normalized_feature_terms, plain_feature_terms, total_loss
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class DistillInterrupted(DiffpruneError):
+    """Raised when a run was asked to stop after a given step (to test resuming)."""
+
+
+@dataclass
+class DistillResult(StepResult):
+    family: ClassVar[str] = "distill"
+    steps: int
+    sites: list[str]
+    log: list[dict] = field(default_factory=list, repr=False)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        last = self.log[-1] if self.log else {}
+        return (f"{self.steps} steps, features at {len(self.sites)} sites; last loss "
+                f"{last.get('loss', float('nan')):.4g}")
+
+    def to_json(self) -> dict:
+        return {"steps": self.steps, "sites": self.sites, "seconds": self.seconds,
+                "last": self.log[-1] if self.log else None}
+
+
+def _check(student, teacher) -> None:
+    for name, pipe in (("student", student), ("teacher", teacher)):
+        if not has_unet(pipe):
+            raise DiffpruneError(f"the {name} must be a pipeline with a UNet2DConditionModel")
+        if pipe.unet.config.get("addition_embed_type") is not None:
+            raise DiffpruneError("distilling SD-XL U-Nets (pooled text embeddings, time ids) is not supported yet; "
+                                 "SD-1.x/2.x-style pipelines are")
+    if student.unet is teacher.unet:
+        raise DiffpruneError("the student and the teacher are the same U-Net object; pass a copy as the student")
+
+
+@functools.lru_cache(maxsize=4)
+def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
+    """The data order of one epoch (every epoch reshuffled from the seed)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+
+
+def _sample(data: DistillData, config: DistillConfig, step: int, k: int, shape, num_train_timesteps: int):
+    """Sample ``k`` of the global batch of ``step``: (data index, latent noise, diffusion noise, timestep,
+    caption dropped), all from one generator seeded by (seed, step, k)."""
+    g = torch.Generator().manual_seed((config.seed * 1_000_003 + step) * 10_007 + k)
+    position = step * config.batch_size + k
+    epoch, offset = divmod(position, len(data))
+    index = int(_order(config.seed, epoch, len(data))[offset])
+    latent_noise = torch.randn(shape, generator=g)
+    noise = torch.randn(shape, generator=g)
+    t = int(torch.randint(0, num_train_timesteps, (1,), generator=g))
+    dropped = bool(torch.rand(1, generator=g) < config.caption_dropout)
+    return index, latent_noise, noise, t, dropped
+
+
+def _encode(pipe, captions: list[str], device) -> torch.Tensor:
+    tok = pipe.tokenizer
+    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(device)
+    with torch.no_grad():
+        return pipe.text_encoder(ids)[0]
+
+
+def _weight_masks(student) -> dict[str, torch.Tensor]:
+    """For a weight-pruned U-Net (its history says so): where its matrices are zero, to keep them zero."""
+    if not any(s.get("step") == "prune-weights" and s.get("component") == "unet" for s in history_of(student)):
+        return {}
+    return {n: p.detach() == 0 for n, p in student.unet.named_parameters() if p.dim() >= 2 and (p == 0).any()}
+
+
+def _checkpoints(work_dir: Path) -> list[Path]:
+    folder = work_dir / "checkpoints"
+    found = [p for p in folder.glob("checkpoint-*") if (p / "diffprune-step.json").is_file()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def distill(student, teacher, data: DistillData, config: DistillConfig | None = None, *,
+            work_dir: str | Path | None = None, resume: str | None = None, progress: bool = True,
+            stop_after: int | None = None) -> DistillResult:
+    """Retrain ``student.unet`` in place (see the module docstring) and record the step in its history.
+
+    ``work_dir``: where the log (``log.jsonl``) and checkpoints go (none without it). ``resume``: ``"latest"`` or a
+    checkpoint folder. ``stop_after``: stop (after checkpointing) once this step is done, as an interruption would.
+    """
+    from accelerate import Accelerator
+    from diffusers import DDPMScheduler
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+    from tqdm.auto import tqdm
+
+    config = config or DistillConfig()
+    _check(student, teacher)
+    work = Path(work_dir) if work_dir is not None else None
+    if (resume or config.checkpoint_every or stop_after) and work is None:
+        raise DiffpruneError("checkpoints and resuming need a work folder")
+    # CPU-only machines join the process group over gloo (accelerate only does so when asked for the CPU)
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    per_process, rest = divmod(config.batch_size, world * config.gradient_accumulation)
+    if rest or per_process == 0:
+        raise DiffpruneError(f"batch_size {config.batch_size} does not split into {world} processes x "
+                             f"{config.gradient_accumulation} accumulation steps")
+    start_time = time.perf_counter()
+    unet, t_unet = student.unet, teacher.unet
+    sites = matched_sites(unet, t_unet, config.features) if config.feature_kd != "none" else []
+    s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, sites)
+    masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
+    noise_sched = DDPMScheduler.from_config(teacher.scheduler.config)
+    v_prediction = noise_sched.config.prediction_type == "v_prediction"
+    for pipe in (student, teacher):
+        pipe.text_encoder.to(device).eval().requires_grad_(False)
+    teacher_dtype, teacher_device = t_unet.dtype, t_unet.device
+    t_unet.to(device, _DTYPES.get(config.teacher_dtype or "fp32")).eval().requires_grad_(False)
+    unet.to(device).train().requires_grad_(True)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if config.optimizer == "adamw8bit":
+        if device.type != "cuda":
+            raise DiffpruneError("8-bit AdamW needs a CUDA GPU and bitsandbytes")
+        import bitsandbytes
+
+        optimizer = bitsandbytes.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    lr_schedule = get_scheduler("cosine" if config.schedule == "cosine" else "constant_with_warmup", optimizer,
+                                num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay else None
+    model, optimizer = accelerator.prepare(unet, optimizer)  # the schedule is stepped here, once per step
+    accelerator.register_for_checkpointing(lr_schedule)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    start, log = 0, []
+    if resume:
+        found = _checkpoints(work)
+        folder = (found[-1] if found else None) if resume == "latest" else Path(resume)
+        if folder is None or not (folder / "diffprune-step.json").is_file():
+            raise DiffpruneError(f"no checkpoint to resume from in {work / 'checkpoints'}" if resume == "latest"
+                                 else f"{resume} is not a distillation checkpoint")
+        accelerator.load_state(str(folder))
+        state = json.loads((folder / "diffprune-step.json").read_text())
+        start, log = state["step"], state["log"]
+    scaling = float(teacher.vae.config.scaling_factor)
+    empty = {"student": _encode(student, [""], device), "teacher": _encode(teacher, [""], device)}
+    shape = tuple(data.means.shape[1:])
+    mine = range(rank * per_process * config.gradient_accumulation, (rank + 1) * per_process * config.gradient_accumulation)
+    bar = tqdm(range(start, config.steps), desc="distill", disable=not (progress and accelerator.is_main_process))
+    try:
+        for step in bar:
+            terms_sum: dict[str, float] = {}
+            for micro in range(config.gradient_accumulation):
+                ks = list(mine)[micro * per_process:(micro + 1) * per_process]
+                draws = [_sample(data, config, step, k, shape, noise_sched.config.num_train_timesteps) for k in ks]
+                idx = torch.tensor([d[0] for d in draws])
+                z = (data.means[idx] + data.stds[idx] * torch.stack([d[1] for d in draws])) * scaling
+                noise = torch.stack([d[2] for d in draws])
+                t = torch.tensor([d[3] for d in draws])
+                dropped = torch.tensor([d[4] for d in draws], device=device)
+                captions = [data.captions[i] for i in idx.tolist()]
+                z, noise, t = z.to(device), noise.to(device), t.to(device)
+                noisy = noise_sched.add_noise(z, noise, t)
+                target = noise_sched.get_velocity(z, noise, t) if v_prediction else noise
+                hidden = {}
+                for name, pipe in (("student", student), ("teacher", teacher)):
+                    h = _encode(pipe, captions, device)
+                    hidden[name] = torch.where(dropped[:, None, None], empty[name].expand_as(h), h)
+                with torch.no_grad():
+                    t_out = t_unet(noisy.to(t_unet.dtype), t, hidden["teacher"].to(t_unet.dtype)).sample.float()
+                    t_feats = t_taps.take() if sites else []
+                sync = micro == config.gradient_accumulation - 1
+                with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                    s_out = model(noisy, t, hidden["student"]).sample.float()
+                    s_feats = s_taps.take() if sites else []
+                    task, out_kd = mse(s_out, target), mse(s_out, t_out)
+                    if config.feature_kd == "normalized":
+                        feats = normalized_feature_terms(s_feats, t_feats, config.norm_power)
+                    elif config.feature_kd == "plain":
+                        feats = plain_feature_terms(s_feats, t_feats)
+                    else:
+                        feats = []
+                    loss = total_loss(task, out_kd, feats, lambda_task=config.lambda_task,
+                                      lambda_out=config.lambda_out, lambda_feat=config.lambda_feat)
+                accelerator.backward(loss / config.gradient_accumulation)
+                values = {"loss": loss, "task": task, "output_kd": out_kd,
+                          **{f"feat/{s}": f for s, f in zip(sites, feats)}}
+                for key, value in values.items():
+                    terms_sum[key] = terms_sum.get(key, 0.0) + float(value.detach()) / config.gradient_accumulation
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            lr_schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if masks:
+                with torch.no_grad():
+                    for name, p in accelerator.unwrap_model(model).named_parameters():
+                        if name in masks:
+                            p.masked_fill_(masks[name], 0.0)
+            if ema is not None:
+                ema.step(params)
+            if step % config.log_every == 0 or step == config.steps - 1:
+                reduced = accelerator.reduce(torch.tensor(list(terms_sum.values()), device=device), "mean")
+                entry = {"step": step + 1, "lr": lr_schedule.get_last_lr()[0],
+                         **{k: round(float(v), 6) for k, v in zip(terms_sum, reduced.tolist())}}
+                log.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.4f}", task=f"{entry['task']:.4f}",
+                                out=f"{entry['output_kd']:.4f}")
+            done = step + 1
+            if work is not None and ((config.checkpoint_every and done % config.checkpoint_every == 0)
+                                     or done == stop_after):
+                _save_checkpoint(accelerator, work, done, log, config.checkpoints_total_limit)
+            if done == stop_after and done < config.steps:
+                raise DistillInterrupted(f"stopped after step {done}, as asked; resume with resume='latest'")
+    finally:
+        s_taps.remove()
+        t_taps.remove()
+        t_unet.to(teacher_device, teacher_dtype)  # the caller's teacher as it was
+    trained = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.copy_to(params)
+    trained.eval().requires_grad_(False)
+    student.unet = trained
+    result = DistillResult(steps=config.steps, sites=sites, log=log,
+                           seconds=round(time.perf_counter() - start_time, 3))
+    if work is not None and accelerator.is_main_process:
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    record_step(student, {"step": "distill", "steps": config.steps, "feature_kd": config.feature_kd,
+                          "features": config.features, "data": data.source,
+                          "lambdas": [config.lambda_task, config.lambda_out, config.lambda_feat]})
+    return result
+
+
+def _save_checkpoint(accelerator, work: Path, step: int, log: list[dict], limit: int | None) -> None:
+    folder = work / "checkpoints" / f"checkpoint-{step}"
+    accelerator.save_state(str(folder))
+    if accelerator.is_main_process:
+        (folder / "diffprune-step.json").write_text(json.dumps({"step": step, "log": log}))
+        found = _checkpoints(work)
+        for old in found[:-limit] if limit else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()

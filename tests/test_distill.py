@@ -1,0 +1,160 @@
+"""Distillation: the loss terms against hand-computed values, feature sites, a run on the testbed, masks kept,
+determinism, exact resume, and two processes against one."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import diffprune
+from diffprune import layers, weights
+from diffprune.distill import (DistillConfig, DistillInterrupted, distill, feature_spread, matched_sites,
+                               normalized_feature_terms, plain_feature_terms, stage_names, shapes_data, total_loss)
+from diffprune.errors import DiffpruneError
+
+
+def test_feature_terms_against_hand_computed_values():
+    s, t = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0, 0.0]])
+    # ||s - t||^2 = 1 + 4 = 5; ||t||^2 = 4, ||t|| = 2; the MSE is 5 / 2
+    assert normalized_feature_terms([s], [t])[0].item() == pytest.approx(5 / 4, rel=1e-5)
+    assert normalized_feature_terms([s], [t], power=1)[0].item() == pytest.approx(5 / 2, rel=1e-5)
+    assert plain_feature_terms([s], [t])[0].item() == pytest.approx(5 / 2)
+    # per sample, then the batch mean: (5/4 + 0) / 2
+    batch_s, batch_t = torch.stack([s[0], t[0]]), torch.stack([t[0], t[0]])
+    assert normalized_feature_terms([batch_s], [batch_t])[0].item() == pytest.approx(5 / 8, rel=1e-5)
+    loss = total_loss(torch.tensor(1.0), torch.tensor(2.0), [torch.tensor(3.0), torch.tensor(4.0)],
+                      lambda_task=1.0, lambda_out=0.5, lambda_feat=2.0)
+    assert loss.item() == pytest.approx(1 + 1 + 14)
+
+
+def test_normalized_terms_ignore_each_sites_scale_and_plain_ones_do_not():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g)
+    small = normalized_feature_terms([s], [t])[0]
+    large = normalized_feature_terms([s * 100], [t * 100])[0]
+    assert large.item() == pytest.approx(small.item(), rel=1e-4)
+    assert plain_feature_terms([s * 100], [t * 100])[0].item() == pytest.approx(
+        1e4 * plain_feature_terms([s], [t])[0].item(), rel=1e-4)
+    log = [{"step": 1, "feat/a": 100.0, "feat/b": 0.1}, {"step": 2, "feat/a": 1.0, "feat/b": 1.0}]
+    assert feature_spread(log) == pytest.approx([3.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    pipe = diffprune.load("shapes")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def data(shapes):
+    return shapes_data(shapes, n=48, seed=3)
+
+
+def _student(shapes, ratio=0.3):
+    student = copy.deepcopy(shapes)
+    layers.prune(student, layers.LayerPruningConfig(ratio=ratio, criterion="magnitude"))
+    return student
+
+
+def _state(pipe):
+    return {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+
+
+QUICK = DistillConfig(steps=4, batch_size=4, lr=1e-3, log_every=1)
+
+
+def test_feature_sites_are_the_stages_both_models_have(shapes):
+    student = _student(shapes)
+    assert matched_sites(student.unet, shapes.unet) == stage_names(shapes.unet)
+    small = copy.deepcopy(shapes)
+    layers.apply_preset(small, "bk-small")  # no mid block left
+    assert "mid_block" not in matched_sites(small.unet, shapes.unet)
+    units = matched_sites(student.unet, shapes.unet, "units")
+    removed = set(history_removed(student))
+    assert units and not removed & set(units)
+
+
+def history_removed(pipe):
+    return [n for s in pipe._diffprune["history"] if s["step"] == "prune-layers" for n in s["removed"]]
+
+
+def test_a_run_trains_the_student_logs_every_term_and_leaves_the_teacher(shapes, data):
+    student = _student(shapes)
+    teacher_before, student_before = _state(shapes), _state(student)
+    result = distill(student, shapes, data, QUICK, progress=False)
+    assert all(torch.equal(v, shapes.unet.state_dict()[k]) for k, v in teacher_before.items())
+    assert any(not torch.equal(v, student.unet.state_dict()[k]) for k, v in student_before.items())
+    assert [e["step"] for e in result.log] == [1, 2, 3, 4]
+    entry = result.log[-1]
+    sites = [k for k in entry if k.startswith("feat/")]
+    assert len(sites) == len(result.sites) == len(stage_names(shapes.unet))
+    assert entry["loss"] == pytest.approx(entry["task"] + entry["output_kd"] + sum(entry[k] for k in sites), rel=1e-4)
+    assert student._diffprune["history"][-1]["step"] == "distill"
+    assert torch.isfinite(student("a red circle", num_inference_steps=2, output_type="pt").images).all()
+
+
+def test_weight_pruned_students_keep_their_zeros(shapes, data):
+    student = _student(shapes)
+    weights.prune(student, {"unet": weights.MagnitudeConfig(sparsity=0.4)})
+    zeros = {n: p == 0 for n, p in student.unet.named_parameters() if p.dim() >= 2}
+    distill(student, shapes, data, QUICK, progress=False)
+    for name, p in student.unet.named_parameters():
+        if name in zeros:
+            assert (p[zeros[name]] == 0).all(), name
+
+
+def test_same_seed_same_weights_and_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(shapes, data, tmp_path):
+    config = DistillConfig(steps=4, batch_size=4, lr=1e-3, ema_decay=0.9, log_every=1, checkpoint_every=2)
+    a, b = _student(shapes), _student(shapes)
+    distill(a, shapes, data, config, work_dir=tmp_path / "a", progress=False)
+    distill(b, shapes, data, config, work_dir=tmp_path / "b", progress=False)
+    assert all(torch.equal(v, b.unet.state_dict()[k]) for k, v in a.unet.state_dict().items())
+    c = _student(shapes)
+    with pytest.raises(DistillInterrupted):
+        distill(c, shapes, data, config, work_dir=tmp_path / "run", stop_after=2, progress=False)
+    d = _student(shapes)
+    result = distill(d, shapes, data, config, work_dir=tmp_path / "run", resume="latest", progress=False)
+    assert all(torch.equal(v, d.unet.state_dict()[k]) for k, v in a.unet.state_dict().items())
+    assert [e["step"] for e in result.log] == [1, 2, 3, 4]
+    assert len(list((tmp_path / "run" / "checkpoints").iterdir())) == 2  # the total limit
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(DiffpruneError, match="feature_kd"):
+        DistillConfig(feature_kd="cosine")
+    with pytest.raises(DiffpruneError, match="multiple of"):
+        DistillConfig(batch_size=6, gradient_accumulation=4)
+    with pytest.raises(DiffpruneError, match="every loss weight is zero"):
+        DistillConfig(lambda_task=0, lambda_out=0, feature_kd="none")
+
+
+@pytest.mark.slow
+def test_two_processes_end_where_one_does(shapes, tmp_path):
+    student = _student(shapes)
+    folder = diffprune.save(student, tmp_path / "student")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    common = [str(folder), "--teacher", "shapes", "--data", "shapes:32", "--steps", "3", "--batch-size", "4",
+              "--lr", "1e-3"]
+    one = subprocess.run([sys.executable, "-m", "diffprune.cli", "distill", *common, "--out", str(tmp_path / "one")],
+                         env=env, capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                          "diffprune.cli", "distill", *common, "--out", str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = diffprune.load(tmp_path / "one"), diffprune.load(tmp_path / "two")
+    start = student.unet.state_dict()
+    # Adam's first steps move every weight by about lr whatever the gradient's size, so float summation order
+    # can flip the sign of a near-zero gradient: compare the difference with how far training moved the weights
+    moved = max((x.float() - start[n].float()).abs().max().item() for n, x in a.unet.state_dict().items())
+    apart = max((x.float() - y.float()).abs().max().item()
+                for x, y in zip(a.unet.state_dict().values(), b.unet.state_dict().values()))
+    assert moved > 1e-3 and apart < 0.02 * moved, (moved, apart)
+    log_one = [json.loads(line) for line in (tmp_path / "one-work" / "log.jsonl").read_text().splitlines()]
+    log_two = [json.loads(line) for line in (tmp_path / "two-work" / "log.jsonl").read_text().splitlines()]
+    assert [e["loss"] for e in log_one] == pytest.approx([e["loss"] for e in log_two], rel=1e-4)
