@@ -158,3 +158,64 @@ def test_two_processes_end_where_one_does(shapes, tmp_path):
     log_one = [json.loads(line) for line in (tmp_path / "one-work" / "log.jsonl").read_text().splitlines()]
     log_two = [json.loads(line) for line in (tmp_path / "two-work" / "log.jsonl").read_text().splitlines()]
     assert [e["loss"] for e in log_one] == pytest.approx([e["loss"] for e in log_two], rel=1e-4)
+
+
+def test_a_recipe_prunes_then_retrains_in_one_call(shapes):
+    from diffprune.recipe import Recipe, compress
+
+    pipe = copy.deepcopy(shapes)
+    recipe = Recipe.from_dict({"layers": {"criterion": "magnitude", "ratio": 0.3},
+                               "distill": {"data": "shapes:32", "steps": 2, "batch_size": 4, "lr": 1e-3}})
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    result = compress(pipe, recipe, progress=False)
+    assert [s.family for s in result.steps] == ["layers", "distill"]
+    assert [s["step"] for s in pipe._diffprune["history"]] == ["prune-layers", "distill"]
+    assert result.distill.steps == 2 and len(result.distill.log) == 2
+    with pytest.raises(DiffpruneError, match="unknown key 'stpes'"):
+        Recipe.from_dict({"distill": {"data": "shapes", "stpes": 10}})
+    with pytest.raises(DiffpruneError, match="no data folder"):
+        compress(copy.deepcopy(shapes), Recipe.from_dict({"distill": {"data": "/nope/folder"}}), progress=False)
+
+
+def test_an_image_caption_folder_and_a_prompt_file_make_training_data(shapes, tmp_path):
+    from PIL import Image
+
+    from diffprune.distill import data_from_spec
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rows = []
+    for i, color in enumerate([(255, 0, 0), (0, 0, 255), (0, 255, 0)]):
+        Image.new("RGB", (80, 96), color).save(folder / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"picture {i}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    data = data_from_spec(str(folder), shapes)
+    assert len(data) == 3 and sorted(data.captions) == ["picture 0", "picture 1", "picture 2"]
+    assert data.means.shape[1:] == (shapes.unet.config.in_channels, 16, 16)
+    cache = data.save(tmp_path / "cache.safetensors")
+    again = type(data).load(cache)
+    assert torch.equal(again.means, data.means) and again.captions == data.captions
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    drawn = data_from_spec(f"prompts:{prompts}", shapes)
+    assert drawn.captions == ["a red circle", "a blue square"] and torch.count_nonzero(drawn.stds) == 0
+
+
+def test_cli_distill_quick_run_resume_and_refusals(shapes, tmp_path, capsys):
+    from diffprune.cli import main
+
+    student = diffprune.save(_student(shapes), tmp_path / "student")
+    out, work = tmp_path / "out", tmp_path / "out-work"
+    args = ["distill", str(student), "--teacher", "shapes", "--data", "shapes", "--out", str(out), "--quick"]
+    assert main(args) == 0
+    assert diffprune.load(out)._diffprune["history"][-1]["step"] == "distill"
+    assert {"log.jsonl", "log.csv", "latents.safetensors", "report"} <= {p.name for p in work.iterdir()}
+    capsys.readouterr()
+    assert main(args) == 2 and "--resume latest" in capsys.readouterr().err  # an earlier run is not clobbered
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    assert main([*args[:-1], "--work", str(foreign), "--overwrite"]) == 2
+    assert (foreign / "notes.txt").read_text() == "keep"
+    assert main([*args, "--resume", "latest", "--work", str(tmp_path / "empty")]) == 2
+    assert "nothing to resume" in capsys.readouterr().err

@@ -71,10 +71,9 @@ def _config(args):
                          seed=args.seed)
 
 
-def _work_folder(args) -> Path:
-    """The run folder, checked: new, or one this command made (resumed, or replaced with --overwrite)."""
-    import shutil
-
+def _work_folder(args) -> tuple[Path, bool]:
+    """The run folder, checked (new, or one this command made: resumed, or replaced with --overwrite), and
+    whether an earlier run in it is to be cleared once every other check has passed."""
     from diffprune.errors import DiffpruneError
 
     work = Path(args.work or f"{str(args.out).rstrip('/')}-work").expanduser()
@@ -83,36 +82,20 @@ def _work_folder(args) -> Path:
             raise DiffpruneError(f"{work} exists and is not a diffprune distillation run folder; choose another --work")
         if not args.resume and not args.overwrite:
             raise DiffpruneError(f"{work} holds an earlier run: --resume latest to continue it, --overwrite to start over")
-        if args.overwrite and not args.resume:
-            shutil.rmtree(work)
-    elif args.resume:
+        return work, bool(args.overwrite and not args.resume)
+    if args.resume:
         raise DiffpruneError(f"nothing to resume: {work} holds no run")
-    return work
+    return work, False
 
 
 def _data(args, teacher, work: Path, quick: bool):
-    from diffprune.distill import DistillData, folder_data, prompt_data, shapes_data
-    from diffprune.errors import DiffpruneError
+    from diffprune.distill import DistillData, data_from_spec
 
     cache = work / "latents.safetensors"
     if cache.is_file():
         return DistillData.load(cache)
-    spec = args.data
-    if spec == "shapes" or spec.startswith("shapes:"):
-        count = spec.partition(":")[2]
-        if count and not count.isdigit():
-            raise DiffpruneError(f"--data shapes:N needs a number of images, got '{count}'")
-        data = shapes_data(teacher, n=64 if quick else int(count or 20_000), seed=args.seed)
-    elif spec.startswith("prompts:"):
-        from diffprune.prompt_files import read_prompt_file
-
-        data = prompt_data(teacher, read_prompt_file(spec.partition(":")[2])[: 8 if quick else None], seed=args.seed)
-    else:
-        from diffprune.anatomy import geometry
-
-        data = folder_data(teacher, spec, resolution=args.resolution or geometry(teacher).resolution,
-                           caption_column=args.caption_column, limit=64 if quick else None)
-    return data
+    return data_from_spec(args.data, teacher, seed=args.seed, limit=64 if quick else None,
+                          resolution=args.resolution, caption_column=args.caption_column)
 
 
 def run(args) -> int:
@@ -128,8 +111,12 @@ def run(args) -> int:
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes join over gloo
-    check_outputs({"--out": args.out}, overwrite=args.overwrite, protect=inputs)
-    work = _work_folder(args) if state.is_main_process else Path(args.work or f"{str(args.out).rstrip('/')}-work")
+    work, clear = _work_folder(args)
+    check_outputs({"--out": args.out}, overwrite=args.overwrite, protect=[*inputs, str(work)])
+    if clear and state.is_main_process:
+        import shutil
+
+        shutil.rmtree(work)
     state.wait_for_everyone()
     student, teacher = load_source(args), load(args.teacher)
     data = _data(args, teacher, work, args.quick)

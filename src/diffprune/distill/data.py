@@ -134,7 +134,7 @@ def folder_data(pipe, folder: str | Path, *, resolution: int, caption_column: st
                                   max(resolution, round(image.height * scale))))
             left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
             image = image.crop((left, top, left + resolution, top + resolution))
-            pixels.append(torch.from_numpy(np.asarray(image)).permute(2, 0, 1).float() / 255)
+            pixels.append(torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255)
         m, s = encode_images(pipe.vae, torch.stack(pixels))
         means.append(m)
         stds.append(s)
@@ -160,3 +160,34 @@ def prompt_data(pipe, prompts: Sequence[str], *, steps: int = 20, guidance_scale
             latents.append(out.images.float().cpu() / scaling)
     means = torch.cat(latents)
     return DistillData(means, torch.zeros_like(means), list(prompts), f"drawn by the teacher from {len(prompts)} prompts")
+
+
+def check_data_spec(spec: str) -> None:
+    """What can be checked of a data spec before any model work: its form, and that its file or folder exists."""
+    if spec == "shapes" or spec.startswith("shapes:"):
+        count = spec.partition(":")[2]
+        if count and not (count.isdigit() and int(count) > 0):
+            raise DiffpruneError(f"data 'shapes:N' needs a positive number of images, got '{count}'")
+    elif spec.startswith("prompts:"):
+        if not Path(spec.partition(":")[2]).expanduser().is_file():
+            raise DiffpruneError(f"no prompt file {spec.partition(':')[2]}")
+    elif not Path(spec).expanduser().is_dir():
+        raise DiffpruneError(f"no data folder at {spec} (or give shapes[:N] or prompts:FILE)")
+
+
+def data_from_spec(spec: str, teacher, *, seed: int = 0, limit: int | None = None, resolution: int | None = None,
+                   caption_column: str | None = None) -> DistillData:
+    """``shapes[:N]`` (the shapes world, N images, default 20 000), ``prompts:FILE`` (the teacher draws one latent
+    per line) or an image-caption folder; ``limit`` caps the number of samples (e.g. for a quick check)."""
+    check_data_spec(spec)
+    if spec == "shapes" or spec.startswith("shapes:"):
+        n = int(spec.partition(":")[2] or 20_000)
+        return shapes_data(teacher, n=min(n, limit) if limit else n, seed=seed)
+    if spec.startswith("prompts:"):
+        from diffprune.prompt_files import read_prompt_file
+
+        return prompt_data(teacher, read_prompt_file(spec.partition(":")[2])[:limit], seed=seed)
+    from diffprune.anatomy import geometry
+
+    return folder_data(teacher, spec, resolution=resolution or geometry(teacher).resolution,
+                       caption_column=caption_column, limit=limit)

@@ -140,7 +140,9 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
                              f"{config.gradient_accumulation} accumulation steps")
     start_time = time.perf_counter()
     unet, t_unet = student.unet, teacher.unet
-    sites = matched_sites(unet, t_unet, config.features) if config.feature_kd != "none" else []
+    use_features = config.feature_kd != "none" and config.lambda_feat > 0
+    sites = matched_sites(unet, t_unet, config.features) if use_features else []
+    needs_teacher = config.lambda_out > 0 or use_features
     s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, sites)
     masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
     noise_sched = DDPMScheduler.from_config(teacher.scheduler.config)
@@ -148,7 +150,9 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     for pipe in (student, teacher):
         pipe.text_encoder.to(device).eval().requires_grad_(False)
     teacher_dtype, teacher_device = t_unet.dtype, t_unet.device
-    t_unet.to(device, _DTYPES.get(config.teacher_dtype or "fp32")).eval().requires_grad_(False)
+    if config.teacher_dtype is not None and _DTYPES[config.teacher_dtype] != t_unet.dtype:
+        t_unet.to(_DTYPES[config.teacher_dtype])
+    t_unet.to(device).eval().requires_grad_(False)
     unet.to(device).train().requires_grad_(True)
     if config.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
@@ -183,6 +187,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     shape = tuple(data.means.shape[1:])
     mine = range(rank * per_process * config.gradient_accumulation, (rank + 1) * per_process * config.gradient_accumulation)
     bar = tqdm(range(start, config.steps), desc="distill", disable=not (progress and accelerator.is_main_process))
+    loop_start = time.perf_counter()
     try:
         for step in bar:
             terms_sum: dict[str, float] = {}
@@ -202,14 +207,17 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
                 for name, pipe in (("student", student), ("teacher", teacher)):
                     h = _encode(pipe, captions, device)
                     hidden[name] = torch.where(dropped[:, None, None], empty[name].expand_as(h), h)
-                with torch.no_grad():
-                    t_out = t_unet(noisy.to(t_unet.dtype), t, hidden["teacher"].to(t_unet.dtype)).sample.float()
-                    t_feats = t_taps.take() if sites else []
+                t_out, t_feats = None, []
+                if needs_teacher:  # task-only training is plain fine-tuning: no teacher forward
+                    with torch.no_grad():
+                        t_out = t_unet(noisy.to(t_unet.dtype), t, hidden["teacher"].to(t_unet.dtype)).sample.float()
+                        t_feats = t_taps.take() if sites else []
                 sync = micro == config.gradient_accumulation - 1
                 with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                     s_out = model(noisy, t, hidden["student"]).sample.float()
                     s_feats = s_taps.take() if sites else []
-                    task, out_kd = mse(s_out, target), mse(s_out, t_out)
+                    task = mse(s_out, target)
+                    out_kd = mse(s_out, t_out) if t_out is not None else torch.zeros((), device=device)
                     if config.feature_kd == "normalized":
                         feats = normalized_feature_terms(s_feats, t_feats, config.norm_power)
                     elif config.feature_kd == "plain":
@@ -238,6 +246,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
             if step % config.log_every == 0 or step == config.steps - 1:
                 reduced = accelerator.reduce(torch.tensor(list(terms_sum.values()), device=device), "mean")
                 entry = {"step": step + 1, "lr": lr_schedule.get_last_lr()[0],
+                         "seconds": round(time.perf_counter() - loop_start, 4),  # since this process began the loop
                          **{k: round(float(v), 6) for k, v in zip(terms_sum, reduced.tolist())}}
                 log.append(entry)
                 bar.set_postfix(loss=f"{entry['loss']:.4f}", task=f"{entry['task']:.4f}",
@@ -251,7 +260,9 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     finally:
         s_taps.remove()
         t_taps.remove()
-        t_unet.to(teacher_device, teacher_dtype)  # the caller's teacher as it was
+        t_unet.to(teacher_device)  # the caller's teacher as it was
+        if t_unet.dtype != teacher_dtype:
+            t_unet.to(teacher_dtype)
     trained = accelerator.unwrap_model(model)
     if ema is not None:
         ema.copy_to(params)

@@ -1,8 +1,10 @@
 """``compress(pipe, recipe)``: every step of a recipe applied to one pipeline, in a fixed order.
 
 1. **layers** — units removed (or a preset built), so that
-2. **weights** are pruned on the final graph (calibrated masks see the layer-pruned U-Net), and then
-3. **tokens** — the run-time token-pruning patch goes on last, on the U-Net that will actually run.
+2. **weights** are pruned on the final graph (calibrated masks see the layer-pruned U-Net);
+3. **distill** — the pruned U-Net retrained against a copy of the pipeline taken before step 1 (weight masks
+   kept through training);
+4. **tokens** — the run-time token-pruning patch goes on last, on the U-Net that will actually run.
 
 The whole recipe is checked against the pipeline before anything changes. Each step records itself in the
 pipeline's history (``diffprune.save`` writes it to the manifest); the token step's spec is stored there too,
@@ -11,11 +13,13 @@ and ``diffprune.load`` re-applies it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
 from diffprune.anatomy import describe_kind, has_unet, is_pipeline
+from diffprune.distill import DistillResult, check_data_spec, data_from_spec, distill
 from diffprune.errors import DiffpruneError
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
 from diffprune.layers import prune as prune_layers
@@ -36,12 +40,13 @@ class CompressResult:
     recipe: Recipe
     layers: LayerPruneResult | None = None
     weights: PruneResult | None = None
+    distill: DistillResult | None = None
     tokens: TokenPruneResult | None = None
 
     @property
     def steps(self) -> list[StepResult]:
         """The steps' results, in the order they ran."""
-        return [r for r in (self.layers, self.weights, self.tokens) if r is not None]
+        return [r for r in (self.layers, self.weights, self.distill, self.tokens) if r is not None]
 
     @property
     def seconds(self) -> dict[str, float]:
@@ -58,10 +63,13 @@ def check(pipe, recipe: Recipe) -> None:
         raise DiffpruneError(f"compress works on a whole pipeline (calibration samples through it), got "
                              f"{describe_kind(pipe)}; for a bare module use the family functions "
                              "(diffprune.weights.prune, diffprune.layers.prune, diffprune.tokens.prune)")
-    if not has_unet(pipe) and (recipe.layers is not None or recipe.tokens is not None):
-        raise DiffpruneError("layer and token pruning need a pipeline with a UNet2DConditionModel")
-    if recipe.tokens is not None and applied_config(pipe) is not None:
+    if not has_unet(pipe) and (recipe.layers is not None or recipe.tokens is not None or recipe.distill is not None):
+        raise DiffpruneError("layer pruning, distillation and token pruning need a pipeline with a "
+                             "UNet2DConditionModel")
+    if (recipe.tokens is not None or recipe.distill is not None) and applied_config(pipe) is not None:
         raise DiffpruneError("the pipeline already carries a token-pruning patch; remove it first")
+    if recipe.distill is not None:
+        check_data_spec(recipe.distill.data)
     if recipe.weights:
         if recipe.layers is None:
             check_recipe(pipe, {c: w.config() for c, w in recipe.weights.items()})
@@ -71,12 +79,15 @@ def check(pipe, recipe: Recipe) -> None:
                 raise DiffpruneError(f"the pipeline has no component '{missing[0]}'")
 
 
-def compress(pipe, recipe: Recipe, *, progress: bool = True) -> CompressResult:
-    """Apply ``recipe`` to ``pipe`` in place (see the module docstring) and return what each step did."""
+def compress(pipe, recipe: Recipe, *, progress: bool = True, work_dir=None) -> CompressResult:
+    """Apply ``recipe`` to ``pipe`` in place (see the module docstring) and return what each step did.
+    ``work_dir``: where a distillation step keeps its log and checkpoints (none by default)."""
     check(pipe, recipe)
     result = CompressResult(recipe)
     steps = [name for name, present in (("layers", recipe.layers is not None), ("weights", bool(recipe.weights)),
+                                        ("distill", recipe.distill is not None),
                                         ("tokens", recipe.tokens is not None)) if present]
+    teacher = copy.deepcopy(pipe) if recipe.distill is not None else None  # the original, before any change
     bar = tqdm(steps, desc=f"compress {recipe.name or ''}".strip(), disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
@@ -93,6 +104,10 @@ def compress(pipe, recipe: Recipe, *, progress: bool = True) -> CompressResult:
         elif step == "weights":
             result.weights = prune_weights(pipe, {c: w.config() for c, w in recipe.weights.items()},
                                            recipe.calibration.weights_config(), progress=progress)
+        elif step == "distill":
+            config = recipe.distill.config()
+            data = data_from_spec(recipe.distill.data, teacher, seed=config.seed)
+            result.distill = distill(pipe, teacher, data, config, work_dir=work_dir, progress=progress)
         else:
             result.tokens = prune_tokens(pipe, parse_spec(recipe.tokens), progress=progress)
     return result

@@ -146,13 +146,47 @@ class WeightStep:
 
 
 @dataclass(frozen=True)
+class DistillStep:
+    """Retrain the pruned U-Net against the original: ``data`` as ``diffprune distill --data`` takes it
+    (``shapes[:N]``, ``prompts:FILE`` or an image-caption folder); ``options`` are
+    :class:`~diffprune.distill.DistillConfig` fields (``steps``, ``batch_size``, ``lr``, ``feature_kd``, ...)."""
+
+    data: str = "shapes"
+    options: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", tuple(sorted(self.options.items())))
+        self.config()  # every option a DistillConfig field, every value valid
+
+    def config(self):
+        from diffprune.distill import DistillConfig
+
+        options = dict(self.options)
+        _check_keys(DistillConfig, options, "distill")
+        return DistillConfig(**options)
+
+    def to_dict(self) -> dict:
+        return {"data": self.data, **dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data) -> "DistillStep":
+        if not isinstance(data, dict):
+            raise DiffpruneError("distill: expected a mapping such as {data: shapes, steps: 1000}")
+        rest = {k: v for k, v in data.items() if k != "data"}
+        return cls(str(data.get("data", "shapes")), tuple(sorted(rest.items())))
+
+
+@dataclass(frozen=True)
 class Recipe:
     """The steps of every family, applied by :func:`~diffprune.recipe.compress` in a fixed order: layers, then
-    weights (masks computed on the final graph), then tokens."""
+    weights (masks computed on the final graph), then distillation (the pruned U-Net retrained against the
+    original, masks kept), then tokens."""
 
     name: str | None = None
     layers: LayerStep | None = None
     weights: dict[str, WeightStep] = field(default_factory=dict)
+    distill: DistillStep | None = None
     tokens: str | None = None
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
 
@@ -163,8 +197,8 @@ class Recipe:
                                      f"(prunable components: {', '.join(PRUNABLE_COMPONENTS)})")
         if self.tokens is not None:
             parse_spec(self.tokens)
-        if self.layers is None and not self.weights and self.tokens is None:
-            raise DiffpruneError("the recipe has no step: give layers, weights or tokens")
+        if self.layers is None and not self.weights and self.tokens is None and self.distill is None:
+            raise DiffpruneError("the recipe has no step: give layers, weights, distill or tokens")
 
     @property
     def needs_calibration(self) -> bool:
@@ -180,6 +214,8 @@ class Recipe:
             out["layers"] = self.layers.to_dict()
         if self.weights:
             out["weights"] = {c: w.to_dict() for c, w in self.weights.items()}
+        if self.distill is not None:
+            out["distill"] = self.distill.to_dict()
         if self.tokens is not None:
             out["tokens"] = self.tokens
         calibration = {f.name: getattr(self.calibration, f.name) for f in fields(CalibrationSpec)}
@@ -198,6 +234,7 @@ class Recipe:
             return cls(name=data.get("name"),
                        layers=None if data.get("layers") is None else _strict(LayerStep, data["layers"], "layers"),
                        weights={c: WeightStep.from_dict(w, f"weights.{c}") for c, w in weights.items()},
+                       distill=None if data.get("distill") is None else DistillStep.from_dict(data["distill"]),
                        tokens=data.get("tokens"),
                        calibration=_strict(CalibrationSpec, data.get("calibration") or {}, "calibration"))
         except TypeError as e:  # a value of the wrong kind where a dataclass expected another
