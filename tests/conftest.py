@@ -26,3 +26,13 @@ def offline_hub(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    """The bundled shapes testbed, loaded once per test module (tests that change it work on a deep copy)."""
+    import diffprune
+
+    pipe = diffprune.load("shapes")
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -37,13 +37,6 @@ def test_interleaved_latency_rotates_the_order_each_round():
     assert all(s.median_s == 1.0 for s in stats.values())  # the fake clock ticks once per timed call
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    pipe = diffprune.load("shapes")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 SMALL = BenchConfig(prompts=3, steps=3, latency_repeats=1, latency_warmup=0, grid_prompts=2, progress=False)
 
 

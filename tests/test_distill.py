@@ -44,13 +44,6 @@ def test_normalized_terms_ignore_each_sites_scale_and_plain_ones_do_not():
 
 
 @pytest.fixture(scope="module")
-def shapes():
-    pipe = diffprune.load("shapes")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-@pytest.fixture(scope="module")
 def data(shapes):
     return shapes_data(shapes, n=48, seed=3)
 

@@ -16,13 +16,6 @@ from diffprune.history import history_of
 from diffprune.results import StepResult
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    pipe = diffprune.load("shapes")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _image(pipe, prompt="a small blue square in the center"):
     return pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
 

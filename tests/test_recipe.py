@@ -18,13 +18,6 @@ STACK = {"name": "stack", "calibration": SMALL,
          "tokens": "atedm:ratio=0.5"}
 
 
-@pytest.fixture(scope="module")
-def shapes():
-    pipe = diffprune.load("shapes")
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def _image(pipe, prompt="a large red circle in the top left"):
     return pipe(prompt, num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="pt").images
 

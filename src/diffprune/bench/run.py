@@ -170,14 +170,16 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
             suite_config = ShapesSuiteConfig(prompts=config.prompts, seed=config.seed, steps=config.steps,
                                              guidance_scale=config.guidance_scale, batch_size=config.batch_size,
                                              progress=False)
-            suite, memory = peak_memory(lambda: run_shapes_suite(pipe, suite_config, evaluator))
+            suite, memory = peak_memory(lambda: run_shapes_suite(pipe, suite_config, evaluator),
+                                        device=str(pipe.unet.device))
             images = suite.images
             quality = {k: v for k, v in suite.metrics.items() if k.startswith("accuracy_") or k in ("fd",)}
             readings[label] = evaluator.read(images)
         else:
             images, memory = peak_memory(lambda: generate(pipe, prompts, steps=config.steps,
                                                           guidance_scale=config.guidance_scale,
-                                                          batch_size=config.batch_size, progress=False))
+                                                          batch_size=config.batch_size, progress=False),
+                                        device=str(pipe.unet.device))
             quality = {}
         if recipe is not None:
             reference = variants[0].images

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from diffprune.cli.common import positive_int
+from diffprune.cli.common import add_generation_options, positive_int
 from diffprune.cli.source import add_source_options, input_paths, load_source
 
 
@@ -21,15 +21,9 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report folder")
     p.add_argument("--prompts", type=positive_int, metavar="N", help="prompts per variant (default 16; claims 24)")
     p.add_argument("--prompts-file", metavar="FILE", help="one prompt per line (default: the shapes prompts)")
-    p.add_argument("--steps", type=positive_int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompt list (default 0)")
     p.add_argument("--latency-repeats", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
-    p.add_argument("--clip-model", metavar="DIR", help="local CLIP weights: CLIP score and feature cosine")
-    p.add_argument("--pickscore-model", metavar="DIR", help="local PickScore weights")
-    p.add_argument("--pickscore-processor", metavar="DIR", help="processor folder for PickScore")
-    p.add_argument("--inception-weights", metavar="FILE", help="local Inception weights for FID")
-    p.add_argument("--reference-images", metavar="DIR", help="real images for FID")
+    add_generation_options(p)
 
 
 def _config(args):
@@ -37,6 +31,7 @@ def _config(args):
 
     return BenchConfig(prompts=args.prompts or 16, prompts_file=args.prompts_file, steps=args.steps,
                        guidance_scale=args.guidance_scale, seed=args.seed, latency_repeats=args.latency_repeats,
+                       batch_size=args.batch_size,
                        clip_model=args.clip_model, pickscore_model=args.pickscore_model,
                        pickscore_processor=args.pickscore_processor, inception_weights=args.inception_weights,
                        reference_images=args.reference_images, progress=sys.stderr.isatty())

@@ -82,6 +82,9 @@ def _work_folder(args) -> tuple[Path, bool]:
             raise DiffpruneError(f"{work} exists and is not a diffprune distillation run folder; choose another --work")
         if not args.resume and not args.overwrite:
             raise DiffpruneError(f"{work} holds an earlier run: --resume latest to continue it, --overwrite to start over")
+        earlier = json.loads((work / _MARKER).read_text()).get("data")
+        if args.resume and earlier != args.data:
+            raise DiffpruneError(f"{work} was trained on --data {earlier}; resume it with the same data")
         return work, bool(args.overwrite and not args.resume)
     if args.resume:
         raise DiffpruneError(f"nothing to resume: {work} holds no run")
@@ -103,28 +106,33 @@ def run(args) -> int:
 
     from diffprune import load, save
     from diffprune._fs import check_outputs
-    from diffprune.distill import distill, feature_spread, plot_terms
+    from diffprune.distill import DistillData, distill, feature_spread, plot_terms
     from diffprune.report import Report
 
+    from diffprune.distill import check_data_spec
+
     config = _config(args)  # every option checked before anything is loaded
+    check_data_spec(args.data)
     inputs = input_paths(args) + [p for p in [args.teacher] if p]
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU processes join over gloo
     work, clear = _work_folder(args)
     check_outputs({"--out": args.out}, overwrite=args.overwrite, protect=[*inputs, str(work)])
+    state.wait_for_everyone()  # every rank has checked the folder before it is cleared
     if clear and state.is_main_process:
         import shutil
 
         shutil.rmtree(work)
-    state.wait_for_everyone()
     student, teacher = load_source(args), load(args.teacher)
-    data = _data(args, teacher, work, args.quick)
-    if state.is_main_process:
+    if state.is_main_process:  # the main process builds the data once; the others read its cache
+        data = _data(args, teacher, work, args.quick)
         work.mkdir(parents=True, exist_ok=True)
         (work / _MARKER).write_text(json.dumps({"student": args.source, "teacher": args.teacher, "data": args.data}))
         data.save(work / "latents.safetensors")
     state.wait_for_everyone()
+    if not state.is_main_process:
+        data = DistillData.load(work / "latents.safetensors")
     result = distill(student, teacher, data, config, work_dir=work, resume=args.resume,
                      progress=sys.stderr.isatty())
     if state.is_main_process:

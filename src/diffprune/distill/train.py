@@ -60,14 +60,20 @@ class DistillResult(StepResult):
                 "last": self.log[-1] if self.log else None}
 
 
-def _check(student, teacher) -> None:
+def check_pipelines(student, teacher=None) -> None:
+    """What distillation needs of the student (and the teacher, when given), checked before anything changes."""
     for name, pipe in (("student", student), ("teacher", teacher)):
+        if pipe is None:
+            continue
         if not has_unet(pipe):
             raise DiffpruneError(f"the {name} must be a pipeline with a UNet2DConditionModel")
         if pipe.unet.config.get("addition_embed_type") is not None:
             raise DiffpruneError("distilling SD-XL U-Nets (pooled text embeddings, time ids) is not supported yet; "
                                  "SD-1.x/2.x-style pipelines are")
-    if student.unet is teacher.unet:
+    if student.unet.dtype != torch.float32:
+        raise DiffpruneError(f"the student's U-Net is in {student.unet.dtype}; train it in float32 (load it without a "
+                             "lower dtype) and use mixed_precision for speed")
+    if teacher is not None and student.unet is teacher.unet:
         raise DiffpruneError("the student and the teacher are the same U-Net object; pass a copy as the student")
 
 
@@ -106,6 +112,15 @@ def _weight_masks(student) -> dict[str, torch.Tensor]:
     return {n: p.detach() == 0 for n, p in student.unet.named_parameters() if p.dim() >= 2 and (p == 0).any()}
 
 
+def _resume_folder(work: Path, resume: str) -> Path:
+    found = _checkpoints(work)
+    folder = (found[-1] if found else None) if resume == "latest" else Path(resume)
+    if folder is None or not (folder / "diffprune-step.json").is_file():
+        raise DiffpruneError(f"no checkpoint to resume from in {work / 'checkpoints'}" if resume == "latest"
+                             else f"{resume} is not a distillation checkpoint")
+    return folder
+
+
 def _checkpoints(work_dir: Path) -> list[Path]:
     folder = work_dir / "checkpoints"
     found = [p for p in folder.glob("checkpoint-*") if (p / "diffprune-step.json").is_file()] if folder.is_dir() else []
@@ -127,12 +142,20 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     from tqdm.auto import tqdm
 
     config = config or DistillConfig()
-    _check(student, teacher)
+    check_pipelines(student, teacher)
     work = Path(work_dir) if work_dir is not None else None
     if (resume or config.checkpoint_every or stop_after) and work is None:
         raise DiffpruneError("checkpoints and resuming need a work folder")
-    # CPU-only machines join the process group over gloo (accelerate only does so when asked for the CPU)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    if config.optimizer == "adamw8bit" and not cuda:
+        raise DiffpruneError("8-bit AdamW needs a CUDA GPU and bitsandbytes")
+    if config.mixed_precision == "fp16" and not cuda:
+        raise DiffpruneError("fp16 mixed precision needs a CUDA GPU; use bf16 on a CPU")
+    resume_from = _resume_folder(work, resume) if resume else None
+    try:  # CPU-only machines join the process group over gloo (accelerate only does so when asked for the CPU)
+        accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not cuda)
+    except ValueError as e:  # e.g. another precision than an earlier run in this process
+        raise DiffpruneError(f"accelerate refused the set-up: {e}") from None
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     per_process, rest = divmod(config.batch_size, world * config.gradient_accumulation)
     if rest or per_process == 0:
@@ -143,52 +166,49 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     use_features = config.feature_kd != "none" and config.lambda_feat > 0
     sites = matched_sites(unet, t_unet, config.features) if use_features else []
     needs_teacher = config.lambda_out > 0 or use_features
-    s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, sites)
-    masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
     noise_sched = DDPMScheduler.from_config(teacher.scheduler.config)
     v_prediction = noise_sched.config.prediction_type == "v_prediction"
-    for pipe in (student, teacher):
-        pipe.text_encoder.to(device).eval().requires_grad_(False)
-    teacher_dtype, teacher_device = t_unet.dtype, t_unet.device
-    if config.teacher_dtype is not None and _DTYPES[config.teacher_dtype] != t_unet.dtype:
-        t_unet.to(_DTYPES[config.teacher_dtype])
-    t_unet.to(device).eval().requires_grad_(False)
-    unet.to(device).train().requires_grad_(True)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    params = [p for p in unet.parameters() if p.requires_grad]
-    if config.optimizer == "adamw8bit":
-        if device.type != "cuda":
-            raise DiffpruneError("8-bit AdamW needs a CUDA GPU and bitsandbytes")
-        import bitsandbytes
-
-        optimizer = bitsandbytes.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    lr_schedule = get_scheduler("cosine" if config.schedule == "cosine" else "constant_with_warmup", optimizer,
-                                num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
-    ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay else None
-    model, optimizer = accelerator.prepare(unet, optimizer)  # the schedule is stepped here, once per step
-    accelerator.register_for_checkpointing(lr_schedule)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    start, log = 0, []
-    if resume:
-        found = _checkpoints(work)
-        folder = (found[-1] if found else None) if resume == "latest" else Path(resume)
-        if folder is None or not (folder / "diffprune-step.json").is_file():
-            raise DiffpruneError(f"no checkpoint to resume from in {work / 'checkpoints'}" if resume == "latest"
-                                 else f"{resume} is not a distillation checkpoint")
-        accelerator.load_state(str(folder))
-        state = json.loads((folder / "diffprune-step.json").read_text())
-        start, log = state["step"], state["log"]
-    scaling = float(teacher.vae.config.scaling_factor)
-    empty = {"student": _encode(student, [""], device), "teacher": _encode(teacher, [""], device)}
-    shape = tuple(data.means.shape[1:])
-    mine = range(rank * per_process * config.gradient_accumulation, (rank + 1) * per_process * config.gradient_accumulation)
-    bar = tqdm(range(start, config.steps), desc="distill", disable=not (progress and accelerator.is_main_process))
-    loop_start = time.perf_counter()
+    # where everything is now: the caller's pipelines are put back there however the run ends
+    places = [(m, m.device, m.dtype) for m in (student.text_encoder, teacher.text_encoder, t_unet, unet)]
+    s_taps = t_taps = None
     try:
+        s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, sites)
+        masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
+        for pipe in (student, teacher):
+            pipe.text_encoder.to(device).eval().requires_grad_(False)
+        if config.teacher_dtype is not None and _DTYPES[config.teacher_dtype] != t_unet.dtype:
+            t_unet.to(_DTYPES[config.teacher_dtype])
+        t_unet.to(device).eval().requires_grad_(False)
+        unet.to(device).train().requires_grad_(True)
+        if config.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        params = [p for p in unet.parameters() if p.requires_grad]
+        if config.optimizer == "adamw8bit":
+            import bitsandbytes
+
+            optimizer = bitsandbytes.optim.AdamW8bit(params, lr=config.lr, weight_decay=config.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+        lr_schedule = get_scheduler("cosine" if config.schedule == "cosine" else "constant_with_warmup", optimizer,
+                                    num_warmup_steps=config.warmup_steps, num_training_steps=config.steps)
+        ema = EMAModel(params, decay=config.ema_decay) if config.ema_decay else None
+        model, optimizer = accelerator.prepare(unet, optimizer)  # the schedule is stepped here, once per step
+        accelerator.register_for_checkpointing(lr_schedule)
+        if ema is not None:
+            accelerator.register_for_checkpointing(ema)
+        start, log = 0, []
+        if resume_from is not None:
+            accelerator.load_state(str(resume_from))
+            if ema is not None:
+                ema.to(device)  # accelerate restores custom state on the CPU
+            state = json.loads((resume_from / "diffprune-step.json").read_text())
+            start, log = state["step"], state["log"]
+        scaling = float(teacher.vae.config.scaling_factor)
+        empty = {"student": _encode(student, [""], device), "teacher": _encode(teacher, [""], device)}
+        shape = tuple(data.means.shape[1:])
+        mine = range(rank * per_process * config.gradient_accumulation, (rank + 1) * per_process * config.gradient_accumulation)
+        bar = tqdm(range(start, config.steps), desc="distill", disable=not (progress and accelerator.is_main_process))
+        loop_start = time.perf_counter()
         for step in bar:
             terms_sum: dict[str, float] = {}
             for micro in range(config.gradient_accumulation):
@@ -258,15 +278,19 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
             if done == stop_after and done < config.steps:
                 raise DistillInterrupted(f"stopped after step {done}, as asked; resume with resume='latest'")
     finally:
-        s_taps.remove()
-        t_taps.remove()
-        t_unet.to(teacher_device)  # the caller's teacher as it was
-        if t_unet.dtype != teacher_dtype:
-            t_unet.to(teacher_dtype)
-    trained = accelerator.unwrap_model(model)
+        for taps in (s_taps, t_taps):
+            if taps is not None:
+                taps.remove()
+        for module, where, dtype in places[:3]:  # text encoders and the teacher, as they were
+            module.to(where)
+            if module.dtype != dtype:
+                module.to(dtype)
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
     if ema is not None:
         ema.copy_to(params)
-    trained.eval().requires_grad_(False)
+    if config.gradient_checkpointing:
+        trained.disable_gradient_checkpointing()
+    trained.eval().requires_grad_(False).to(places[3][1])
     student.unet = trained
     result = DistillResult(steps=config.steps, sites=sites, log=log,
                            seconds=round(time.perf_counter() - start_time, 3))
@@ -282,6 +306,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
 def _save_checkpoint(accelerator, work: Path, step: int, log: list[dict], limit: int | None) -> None:
     folder = work / "checkpoints" / f"checkpoint-{step}"
     accelerator.save_state(str(folder))
+    accelerator.wait_for_everyone()  # every rank's files are written before the checkpoint is marked complete
     if accelerator.is_main_process:
         (folder / "diffprune-step.json").write_text(json.dumps({"step": step, "log": log}))
         found = _checkpoints(work)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from diffprune.anatomy import describe_kind, has_unet, is_pipeline
-from diffprune.distill import DistillResult, check_data_spec, data_from_spec, distill
+from diffprune.distill import DistillResult, check_data_spec, check_pipelines, data_from_spec, distill
 from diffprune.errors import DiffpruneError
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
 from diffprune.layers import prune as prune_layers
@@ -57,7 +57,7 @@ class CompressResult:
                 **{r.family: r.to_json() for r in self.steps}}
 
 
-def check(pipe, recipe: Recipe) -> None:
+def check(pipe, recipe: Recipe, *, work_dir=None) -> None:
     """Everything :func:`compress` needs from ``pipe`` and ``recipe``, checked before any change."""
     if not is_pipeline(pipe):
         raise DiffpruneError(f"compress works on a whole pipeline (calibration samples through it), got "
@@ -70,6 +70,9 @@ def check(pipe, recipe: Recipe) -> None:
         raise DiffpruneError("the pipeline already carries a token-pruning patch; remove it first")
     if recipe.distill is not None:
         check_data_spec(recipe.distill.data)
+        check_pipelines(pipe)  # the teacher will be a copy of it
+        if recipe.distill.config().checkpoint_every and work_dir is None:
+            raise DiffpruneError("a distill step with checkpoint_every needs a work folder (compress(..., work_dir=))")
     if recipe.weights:
         if recipe.layers is None:
             check_recipe(pipe, {c: w.config() for c, w in recipe.weights.items()})
@@ -82,12 +85,15 @@ def check(pipe, recipe: Recipe) -> None:
 def compress(pipe, recipe: Recipe, *, progress: bool = True, work_dir=None) -> CompressResult:
     """Apply ``recipe`` to ``pipe`` in place (see the module docstring) and return what each step did.
     ``work_dir``: where a distillation step keeps its log and checkpoints (none by default)."""
-    check(pipe, recipe)
+    check(pipe, recipe, work_dir=work_dir)
     result = CompressResult(recipe)
     steps = [name for name, present in (("layers", recipe.layers is not None), ("weights", bool(recipe.weights)),
                                         ("distill", recipe.distill is not None),
                                         ("tokens", recipe.tokens is not None)) if present]
-    teacher = copy.deepcopy(pipe) if recipe.distill is not None else None  # the original, before any change
+    teacher = data = None
+    if recipe.distill is not None:  # the original, and its training data, before any change
+        teacher = copy.deepcopy(pipe)
+        data = data_from_spec(recipe.distill.data, teacher, seed=recipe.distill.config().seed)
     bar = tqdm(steps, desc=f"compress {recipe.name or ''}".strip(), disable=not progress)
     for step in bar:
         bar.set_postfix_str(step)
@@ -105,9 +111,8 @@ def compress(pipe, recipe: Recipe, *, progress: bool = True, work_dir=None) -> C
             result.weights = prune_weights(pipe, {c: w.config() for c, w in recipe.weights.items()},
                                            recipe.calibration.weights_config(), progress=progress)
         elif step == "distill":
-            config = recipe.distill.config()
-            data = data_from_spec(recipe.distill.data, teacher, seed=config.seed)
-            result.distill = distill(pipe, teacher, data, config, work_dir=work_dir, progress=progress)
+            result.distill = distill(pipe, teacher, data, recipe.distill.config(), work_dir=work_dir,
+                                     progress=progress)
         else:
             result.tokens = prune_tokens(pipe, parse_spec(recipe.tokens), progress=progress)
     return result
