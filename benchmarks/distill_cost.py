@@ -1,7 +1,7 @@
 """What distillation costs per step: a distillation step (student forward and backward, teacher forward, feature
 hooks) against a plain fine-tuning step of the student alone (task loss, no teacher), on this machine.
 
-    python benchmarks/distill_cost.py [--student output-loss:0.5] [--batch 32] [--steps 10] [--rounds 3]
+    python benchmarks/distill_cost.py [--ratio 0.5] [--batch 32] [--steps 10] [--rounds 3]
 
 Both run through ``diffprune.distill.distill`` on the shapes testbed, alternately in one process (rounds of
 ``--steps`` steps each); the table gives the median seconds per step and their ratio (goal: at most 1.6x).

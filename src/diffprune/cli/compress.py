@@ -33,6 +33,7 @@ def add_commands(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier diffprune output folder (and an existing --json file)")
     p.add_argument("--json", metavar="FILE", help="also write what each step did")
+    p.add_argument("--work", metavar="DIR", help="where a recipe's distill step keeps its log and checkpoints")
 
 
 def _recipe(args):
@@ -86,7 +87,7 @@ def execute(args, recipe, *, weights_format: str) -> Compressed:
         raise DiffpruneError(f"{args.source} is {describe_kind(pipe)}, not a pipeline; {args.command} needs one: "
                              "give the whole pipeline folder "
                              "(the Python API prunes bare modules: diffprune.weights.prune, diffprune.layers.prune)")
-    result = compress(pipe, recipe, progress=sys.stderr.isatty())
+    result = compress(pipe, recipe, progress=sys.stderr.isatty(), work_dir=getattr(args, "work", None))
     out = save(pipe, args.out, weights_format=weights_format, overwrite=args.overwrite)
     return Compressed(pipe, result, out, inputs)
 
