@@ -40,6 +40,7 @@ class ShapesResult:
     prompts: list[EvalPrompt]
     images: torch.Tensor = field(repr=False)
     per_prompt: list[dict] = field(repr=False, default_factory=list)
+    readings: list = field(repr=False, default_factory=list)  # the evaluator's detections, one list per image
 
     def to_json(self) -> dict:
         return dict(self.metrics)
@@ -103,4 +104,4 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
     per_prompt = [{"caption": p.caption, "seed": p.seed, **s,
                    "read": [f"{d.size} {d.color} {d.shape} @{d.position}" for d in found]}
                   for p, s, found in zip(prompts, scores, readings)]
-    return ShapesResult(metrics, prompts, images, per_prompt)
+    return ShapesResult(metrics, prompts, images, per_prompt, readings)
