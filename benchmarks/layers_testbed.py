@@ -20,12 +20,12 @@ from diffprune.evaluate import ShapesSuiteConfig, run_shapes_suite
 from diffprune.layers import (CRITERIA, LayerCalibrationConfig, LayerPruningConfig, additivity, apply_preset,
                               enumerate_units, plot_additivity, prune, record_calibration, removable_units,
                               score_units)
-from diffprune.measure import describe_hardware, unet_call_flops
+from diffprune.measure import describe_hardware, denoiser_call_flops
 from diffprune.testbed.evaluator import load_evaluator
 
 
 def _flops(pipe) -> int:
-    return unet_call_flops(pipe).total
+    return denoiser_call_flops(pipe).total
 
 
 def main(argv: list[str] | None = None) -> None:

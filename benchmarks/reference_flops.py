@@ -28,11 +28,11 @@ def main() -> None:
         unet = m.params.components["unet"].params
         ref = REFERENCES.get((name, resolution))
         ref_text = "" if ref is None else (
-            f"{ref[1]:.3f} T ({(m.unet_flops.tflops / ref[1] - 1) * 100:+.2f} %)"
+            f"{ref[1]:.3f} T ({(m.denoiser_flops.tflops / ref[1] - 1) * 100:+.2f} %)"
             + ("" if unet == ref[0] else " PARAMS DIFFER"))
-        print(f"{name:<10}{resolution:>6}{unet:>16,}{m.unet_flops.tflops:>14.4f}"
-              f"{m.unet_flops.attention / m.unet_flops.total:>10.1%}"
-              f"{(m.unet_flops.total - m.unet_flops.attention) / 1e12:>16.4f}{ref_text:>22}{seconds:>9.1f}")
+        print(f"{name:<10}{resolution:>6}{unet:>16,}{m.denoiser_flops.tflops:>14.4f}"
+              f"{m.denoiser_flops.attention / m.denoiser_flops.total:>10.1%}"
+              f"{(m.denoiser_flops.total - m.denoiser_flops.attention) / 1e12:>16.4f}{ref_text:>22}{seconds:>9.1f}")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def test_json_never_overwrites_the_input_checkpoint(tmp_path, capsys):
 
 
 def test_unsupported_model_folder(tmp_path, capsys):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanDiTPipeline"}))
     assert "unsupported model" in _one_line_error(capsys, main(["info", str(tmp_path)]))
 
 

@@ -92,10 +92,10 @@ def test_unsupported_models_are_refused(tmp_path):
     with pytest.raises(DiffpruneError, match="unsupported model: UNet2DModel"):
         detect_family(UNet2DModel(block_out_channels=(8, 8), norm_num_groups=4,
                                   down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2))
-    folder = tmp_path / "flux"
+    folder = tmp_path / "hunyuan"
     folder.mkdir()
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(DiffpruneError, match="unsupported model.*FluxPipeline"):
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "HunyuanDiTPipeline"}))
+    with pytest.raises(DiffpruneError, match="unsupported model.*HunyuanDiTPipeline.*FluxPipeline"):
         diffprune.load(folder)
 
 

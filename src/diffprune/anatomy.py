@@ -1,7 +1,8 @@
 """What a diffprune target is, and its geometry — answered in one place for every module.
 
 A *target* is a diffusers pipeline (anything that is not an ``nn.Module`` and holds its components as
-attributes), a bare ``UNet2DConditionModel``, or another bare ``nn.Module`` (a text encoder, a VAE).
+attributes), a bare denoiser (a ``UNet2DConditionModel`` or a diffusion transformer), or another bare ``nn.Module``
+(a text encoder, a VAE).
 Its *geometry* is what sizes the U-Net's inputs: the VAE's down-scaling factor, the tokenizer's text length
 and the U-Net's latent side. A bare U-Net has no VAE or tokenizer; every Stable Diffusion family downsamples
 by 8 and reads 77 CLIP tokens, so those are its defaults.
@@ -9,6 +10,7 @@ by 8 and reads 77 CLIP tokens, so those are its defaults.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 from torch import nn
@@ -20,6 +22,9 @@ DEFAULT_TEXT_LENGTH = 77
 
 #: the components a pipeline may hold as ``nn.Module`` attributes, in the order reports list them
 MODEL_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
+#: the diffusion-transformer (DiT) denoisers diffprune knows, by diffusers class name
+TRANSFORMER_CLASSES = ("PixArtTransformer2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel",
+                       "SanaTransformer2DModel")
 
 
 def is_module(obj) -> bool:
@@ -32,6 +37,16 @@ def is_unet(obj) -> bool:
     from diffusers import UNet2DConditionModel
 
     return isinstance(obj, UNet2DConditionModel)
+
+
+def is_transformer(obj) -> bool:
+    """A diffusion-transformer denoiser diffprune knows (PixArt, SD3, Flux, Sana)."""
+    return isinstance(obj, nn.Module) and type(obj).__name__ in TRANSFORMER_CLASSES
+
+
+def is_denoiser(obj) -> bool:
+    """A bare U-Net or diffusion transformer."""
+    return is_unet(obj) or is_transformer(obj)
 
 
 def is_pipeline(obj) -> bool:
@@ -53,12 +68,34 @@ def unet_of(obj, purpose: str = "this operation"):
     return unet
 
 
+def has_transformer(obj) -> bool:
+    """A pipeline whose denoiser is a diffusion transformer diffprune knows."""
+    return is_pipeline(obj) and is_transformer(getattr(obj, "transformer", None))
+
+
+def denoiser_of(obj, purpose: str = "this operation"):
+    """The denoiser (U-Net or diffusion transformer) of a pipeline, or ``obj`` itself; a clear error otherwise."""
+    if is_denoiser(obj):
+        return obj
+    if not is_module(obj):
+        for name in ("unet", "transformer"):
+            if is_denoiser(getattr(obj, name, None)):
+                return getattr(obj, name)
+    raise DiffpruneError(f"{purpose} needs a U-Net or diffusion transformer, or a pipeline with one, "
+                         f"got {describe_kind(obj)}")
+
+
+def denoiser_name(obj) -> str:
+    """``"unet"`` or ``"transformer"``: the attribute that holds the denoiser of a pipeline (or a bare one)."""
+    return "transformer" if is_transformer(denoiser_of(obj)) else "unet"
+
+
 def model_components(obj) -> dict[str, nn.Module]:
     """The ``nn.Module`` components of a pipeline, in a fixed order (the known ones first, then any other the
     pipeline registers); a bare module is one component, named ``unet`` for a ``UNet2DConditionModel`` (so its
-    numbers line up with a pipeline's) and ``model`` otherwise."""
+    numbers line up with a pipeline's), ``transformer`` for a diffusion transformer and ``model`` otherwise."""
     if is_module(obj):
-        return {"unet" if is_unet(obj) else "model": obj}
+        return {"unet" if is_unet(obj) else "transformer" if is_transformer(obj) else "model": obj}
     known = {name: getattr(obj, name, None) for name in MODEL_COMPONENTS}
     extra = {k: v for k, v in (getattr(obj, "components", None) or {}).items()
              if isinstance(v, nn.Module) and k not in known}
@@ -67,8 +104,8 @@ def model_components(obj) -> dict[str, nn.Module]:
 
 def describe_kind(obj) -> str:
     """A few words naming what ``obj`` is, for error messages."""
-    if is_unet(obj):
-        return "a bare UNet2DConditionModel"
+    if is_denoiser(obj):
+        return f"a bare {type(obj).__name__}"
     if is_module(obj):
         return f"a bare {type(obj).__name__}"
     if is_pipeline(obj):
@@ -78,9 +115,17 @@ def describe_kind(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
+#: a bare diffusion transformer's defaults (its pipeline's): text tokens it reads, VAE factor, latent side
+DIT_TEXT_LENGTH = {"PixArtTransformer2DModel": 300, "SD3Transformer2DModel": 77 + 256,
+                   "FluxTransformer2DModel": 512, "SanaTransformer2DModel": 300}
+DIT_VAE_SCALE_FACTOR = {"SanaTransformer2DModel": 32}
+DEFAULT_LATENT_SIDE = 128  # Flux's config has no sample size; its published resolution is 1024 = 128 x 8
+
+
 @dataclass(frozen=True)
 class Geometry:
-    """Sizes of a pipeline's U-Net inputs: ``resolution = latent_side * vae_scale_factor`` pixels."""
+    """Sizes of a pipeline's denoiser inputs: ``resolution = latent_side * vae_scale_factor`` pixels;
+    ``text_length`` text tokens (for SD3: CLIP's 77 and T5's 256, concatenated)."""
 
     vae_scale_factor: int
     text_length: int
@@ -91,14 +136,30 @@ class Geometry:
         return self.latent_side * self.vae_scale_factor
 
 
+def _pipeline_text_length(obj, model) -> int | None:
+    """Text tokens the pipeline's denoiser reads, from its tokenizers' lengths (U-Nets) or the pipeline's
+    default ``max_sequence_length`` (DiTs)."""
+    if is_unet(model):
+        tokenizer = getattr(obj, "tokenizer", None)
+        return getattr(tokenizer, "model_max_length", None)
+    name = type(model).__name__
+    default = inspect.signature(type(obj).__call__).parameters.get("max_sequence_length")
+    length = default.default if default is not None and isinstance(default.default, int) else None
+    if length is None:
+        return None
+    return 77 + length if name == "SD3Transformer2DModel" else length
+
+
 def geometry(obj, *, vae_scale_factor: int | None = None, text_length: int | None = None) -> Geometry:
-    """The geometry of a pipeline (its VAE factor, its tokenizer's length, its U-Net's sample size) or of a
-    bare U-Net (the Stable Diffusion defaults); explicit arguments win."""
-    unet = unet_of(obj, "geometry")
+    """The geometry of a pipeline (its VAE factor, its text length, its denoiser's sample size) or of a
+    bare denoiser (the defaults of the pipelines it ships in); explicit arguments win."""
+    model = denoiser_of(obj, "geometry")
+    name = type(model).__name__
     if vae_scale_factor is None:
-        vae_scale_factor = int(getattr(obj, "vae_scale_factor", None) or DEFAULT_VAE_SCALE_FACTOR)
+        vae_scale_factor = int(getattr(obj, "vae_scale_factor", None)
+                               or DIT_VAE_SCALE_FACTOR.get(name, DEFAULT_VAE_SCALE_FACTOR))
     if text_length is None:
-        tokenizer = None if is_module(obj) else getattr(obj, "tokenizer", None)
-        text_length = int(getattr(tokenizer, "model_max_length", None) or DEFAULT_TEXT_LENGTH)
-    return Geometry(vae_scale_factor=int(vae_scale_factor), text_length=int(text_length),
-                    latent_side=int(unet.config.sample_size))
+        found = None if is_module(obj) else _pipeline_text_length(obj, model)
+        text_length = int(found or DIT_TEXT_LENGTH.get(name, DEFAULT_TEXT_LENGTH))
+    side = model.config.get("sample_size") or DEFAULT_LATENT_SIDE
+    return Geometry(vae_scale_factor=int(vae_scale_factor), text_length=int(text_length), latent_side=int(side))

@@ -1,4 +1,4 @@
-"""Load any supported Stable Diffusion source into a diffusers pipeline (saving: :mod:`diffprune.saving`).
+"""Load any supported source (Stable Diffusion U-Nets and diffusion transformers) into a diffusers pipeline (saving: :mod:`diffprune.saving`).
 
 Sources: a Hub id (from the local cache when offline), a local diffusers folder, a single-file
 checkpoint (``.safetensors``/``.ckpt``), a folder saved by diffprune, a bare component folder (e.g. a
@@ -124,7 +124,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patc
     cls_name = index.get("_class_name")
     if cls_name not in SUPPORTED_PIPELINES:
         raise DiffpruneError(f"unsupported model: {folder} is a {cls_name}; diffprune supports "
-                             "StableDiffusionPipeline and StableDiffusionXLPipeline folders")
+                             f"{', '.join(SUPPORTED_PIPELINES)} folders")
     check_model_index(index, folder / "model_index.json")
     check_no_code(folder)
     manifest = _read_manifest(folder)
@@ -187,7 +187,11 @@ def _check_complete(module, folder: Path) -> None:
                 stored.update(handle.keys())
         except Exception as e:  # safetensors raises its own types for truncated or garbled files
             raise DiffpruneError(f"{file} is not a readable safetensors file ({first_line(e, 160)})") from None
-    missing = [k for k in module.state_dict() if k not in stored]
+    aliases: dict[object, list[str]] = {}  # tied weights (T5's embed_tokens = shared) are saved under one name
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        ident = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else key
+        aliases.setdefault(ident, []).append(key)
+    missing = [names[0] for names in aliases.values() if not any(k in stored for k in names)]
     if missing:
         raise DiffpruneError(f"{folder}: {len(missing)} weights are missing from the saved files "
                              f"(e.g. '{missing[0]}'); loading would silently use random values")
@@ -253,7 +257,7 @@ def _checked_hub_index(repo_id: str, cache_dir: str | None, local_only: bool,
     cls_name = index_data.get("_class_name")
     if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
         raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
-                             "StableDiffusionPipeline and StableDiffusionXLPipeline")
+                             f"{', '.join(SUPPORTED_PIPELINES)}")
     check_model_index(index_data, f"{repo_id}/model_index.json")
     check_no_code(index.parent, files)  # the cached snapshot, or the repository's full file list
     return index.parent.name  # snapshots/<commit>/model_index.json

@@ -10,6 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from diffprune._fs import MANIFEST, staged_dir
+from diffprune.anatomy import denoiser_of
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 from diffprune.formats import state_format, structure_formats, weights_format_options
@@ -36,7 +37,7 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     from diffprune import __version__
 
     family = detect_family(pipe)
-    if any(p.device.type == "meta" for p in pipe.unet.parameters()):
+    if any(p.device.type == "meta" for p in denoiser_of(pipe).parameters()):
         raise DiffpruneError("this pipeline was built on the meta device and has no weights to save")
     info = dict(getattr(pipe, "_diffprune", None) or {})
     history = list(info.get("history", []))

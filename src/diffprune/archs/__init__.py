@@ -1,7 +1,9 @@
-"""Published architectures (SD-1.5, SD-2.1, SD-XL and tiny test variants) as JSON, and random builds of them.
+"""Published architectures as JSON, and random builds of them.
 
-``random:<arch>`` pipelines have the exact module structure and parameter counts of the published models
-with seeded random weights, built on any device (``meta`` for FLOPs and parameter counts without memory).
+U-Nets: SD-1.5, SD-2.1, SD-XL. Diffusion transformers: PixArt-Sigma, SD3-medium, SD3.5-medium/large, FLUX.1-schnell/dev,
+Sana 600M/1600M. Plus tiny test variants of each block structure. ``random:<arch>`` pipelines have the exact module
+structure and parameter counts of the published models with seeded random weights, built on any device (``meta`` for
+FLOPs and parameter counts without memory), with offline tokenizers of the right kind (CLIP, T5, Gemma).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from diffprune.errors import DiffpruneError
 
 from .family import Family, detect_family  # noqa: F401  (re-exported)
 
-_COMPONENT_KEYS = ("unet", "vae", "text_encoder", "text_encoder_2", "scheduler")
+_TEXT_ENCODER_KEYS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 @lru_cache(maxsize=None)
@@ -40,16 +42,33 @@ def _config(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if not k.startswith("_")}
 
 
-def build_unet(name: str, *, seed: int = 0, device: str | torch.device = "cpu"):
-    """Only the U-Net of ``name``, with the same seeded weights :func:`build_components` gives it (it is built
-    first there), without allocating the text encoders and VAE."""
+def denoiser_key(spec: dict) -> str:
+    """``"unet"`` or ``"transformer"``: the component of an architecture that denoises."""
+    return "transformer" if "transformer" in spec else "unet"
+
+
+def _diffusers_model(spec: dict):
     import diffusers
 
+    return getattr(diffusers, spec["_class_name"]).from_config(_config(spec))
+
+
+def build_denoiser(name: str, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """Only the U-Net or transformer of ``name``, with the same seeded weights :func:`build_components` gives it
+    (it is built first there), without allocating the text encoders and VAE."""
+    spec = arch_spec(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            unet = diffusers.UNet2DConditionModel.from_config(_config(arch_spec(name)["unet"]))
-    return unet.eval().requires_grad_(False)
+            model = _diffusers_model(spec[denoiser_key(spec)])
+    return model.eval().requires_grad_(False)
+
+
+def build_unet(name: str, *, seed: int = 0, device: str | torch.device = "cpu"):
+    """Only the U-Net of ``name`` (a U-Net architecture; see :func:`build_denoiser` for any)."""
+    if denoiser_key(arch_spec(name)) != "unet":
+        raise DiffpruneError(f"'{name}' is a transformer (DiT) architecture; it has no U-Net")
+    return build_denoiser(name, seed=seed, device=device)
 
 
 def _text_encoder(spec: dict, eos_id: int):
@@ -57,44 +76,58 @@ def _text_encoder(spec: dict, eos_id: int):
 
     cls = getattr(transformers, spec["_class_name"])
     cfg = _config(spec)
-    if cfg.get("eos_token_id") is None:
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:  # the SD-1/2/XL specs: CLIP text configs without a model_type
+        if cfg.get("eos_token_id") is None:
+            cfg["eos_token_id"] = eos_id
+        return cls(transformers.CLIPTextConfig(**cfg))
+    if model_type == "clip_text_model" and cfg.get("eos_token_id") is None:
         cfg["eos_token_id"] = eos_id
-    return cls(transformers.CLIPTextConfig(**cfg))
+    return cls(transformers.AutoConfig.for_model(model_type, **cfg))
+
+
+def tokenizer_kinds(spec: dict) -> dict[str, str]:
+    """Tokenizer slot -> kind (``clip``, ``t5``, ``gemma``) of an architecture."""
+    if "tokenizers" in spec:
+        return dict(spec["tokenizers"])
+    kinds = {"tokenizer": "clip"}
+    if "text_encoder_2" in spec:
+        kinds["tokenizer_2"] = "clip"
+    return kinds
 
 
 def build_components(name: str, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
                      seed: int = 0) -> dict:
     """Instantiate every component of ``name`` with seeded random weights.
 
-    The global RNG is left untouched. On the ``meta`` device nothing is allocated, so even SD-XL builds
-    in a second or two.
+    The global RNG is left untouched. On the ``meta`` device nothing is allocated, so even Flux builds
+    in seconds. Tokenizers are built offline (:mod:`diffprune.archs.tokenizer`).
     """
     import diffusers
 
-    from .tokenizer import build_tokenizer
+    from .tokenizer import build_any_tokenizer, build_tokenizer
 
     spec = arch_spec(name)
-    tokenizer = build_tokenizer()
-    eos_id = tokenizer.eos_token_id
+    eos_id = build_tokenizer().eos_token_id
+    models = [denoiser_key(spec), "vae", *_TEXT_ENCODER_KEYS]
     parts: dict = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
-            parts["unet"] = diffusers.UNet2DConditionModel.from_config(_config(spec["unet"]))
-            parts["vae"] = diffusers.AutoencoderKL.from_config(_config(spec["vae"]))
-            parts["text_encoder"] = _text_encoder(spec["text_encoder"], eos_id)
-            if "text_encoder_2" in spec:
-                parts["text_encoder_2"] = _text_encoder(spec["text_encoder_2"], eos_id)
-    for key in ("unet", "vae", "text_encoder", "text_encoder_2"):
+            for key in models:
+                if key not in spec:
+                    continue
+                is_text = key.startswith("text_encoder")
+                parts[key] = _text_encoder(spec[key], eos_id) if is_text else _diffusers_model(spec[key])
+    for key in models:
         if key in parts:
             parts[key].eval().requires_grad_(False)
             if dtype is not None:
                 parts[key].to(dtype)
     scheduler_cls = getattr(diffusers, spec["scheduler"]["_class_name"])
     parts["scheduler"] = scheduler_cls.from_config(_config(spec["scheduler"]))
-    parts["tokenizer"] = tokenizer
-    if "text_encoder_2" in parts:
-        parts["tokenizer_2"] = build_tokenizer()
+    for slot, kind in tokenizer_kinds(spec).items():
+        parts[slot] = build_any_tokenizer(kind)
     return parts
 
 
@@ -105,10 +138,9 @@ def build_pipeline(name: str, *, device: str | torch.device = "cpu", dtype: torc
 
     spec = arch_spec(name)
     parts = build_components(name, device=device, dtype=dtype, seed=seed)
+    cls = getattr(diffusers, spec["pipeline"])
     if spec["pipeline"] == "StableDiffusionXLPipeline":
-        pipe = diffusers.StableDiffusionXLPipeline(**parts, force_zeros_for_empty_prompt=True,
-                                                   add_watermarker=False)
-    else:
-        pipe = diffusers.StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
-                                                 requires_safety_checker=False)
-    return pipe
+        return cls(**parts, force_zeros_for_empty_prompt=True, add_watermarker=False)
+    if spec["pipeline"] == "StableDiffusionPipeline":
+        return cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return cls(**parts)

@@ -1,7 +1,8 @@
-"""Which Stable Diffusion family a pipeline or U-Net belongs to (SD-1.x, SD-2.x, SD-XL), or a clear refusal.
+"""Which family a pipeline or denoiser belongs to, or a clear refusal.
 
-Detection reads the structure, not the name, so tiny test models, the shapes testbed and fine-tunes of
-the published models are classified by what they are built like.
+U-Net families: SD-1.x, SD-2.x, SD-XL. Diffusion-transformer (DiT) families: PixArt (alpha and Sigma), SD3 (3 and
+3.5), Flux, Sana. Detection reads the structure, not the name, so tiny test models, the shapes testbeds and
+fine-tunes of the published models are classified by what they are built like.
 """
 
 from __future__ import annotations
@@ -10,23 +11,46 @@ import enum
 
 from diffprune.errors import DiffpruneError
 
-SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+#: pipeline class -> the denoiser attribute and class it must hold
+_PIPELINES = {
+    "StableDiffusionPipeline": ("unet", "UNet2DConditionModel"),
+    "StableDiffusionXLPipeline": ("unet", "UNet2DConditionModel"),
+    "PixArtSigmaPipeline": ("transformer", "PixArtTransformer2DModel"),
+    "PixArtAlphaPipeline": ("transformer", "PixArtTransformer2DModel"),
+    "StableDiffusion3Pipeline": ("transformer", "SD3Transformer2DModel"),
+    "FluxPipeline": ("transformer", "FluxTransformer2DModel"),
+    "SanaPipeline": ("transformer", "SanaTransformer2DModel"),
+}
+SUPPORTED_PIPELINES = tuple(_PIPELINES)
+#: DiT denoiser class -> family value
+_TRANSFORMERS = {"PixArtTransformer2DModel": "pixart", "SD3Transformer2DModel": "sd3",
+                 "FluxTransformer2DModel": "flux", "SanaTransformer2DModel": "sana"}
 
 
 class Family(str, enum.Enum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    PIXART = "pixart"
+    SD3 = "sd3"
+    FLUX = "flux"
+    SANA = "sana"
 
     @property
     def label(self) -> str:
-        return {"sd1": "SD-1.x", "sd2": "SD-2.x", "sdxl": "SD-XL"}[self.value]
+        return {"sd1": "SD-1.x", "sd2": "SD-2.x", "sdxl": "SD-XL", "pixart": "PixArt", "sd3": "SD3",
+                "flux": "Flux", "sana": "Sana"}[self.value]
+
+    @property
+    def is_dit(self) -> bool:
+        """A diffusion-transformer family (its denoiser is ``pipe.transformer``, not ``pipe.unet``)."""
+        return self.value in _TRANSFORMERS.values()
 
 
 def _unsupported(what: str) -> DiffpruneError:
     return DiffpruneError(
-        f"unsupported model: {what}; diffprune supports SD-1.x, SD-2.x and SD-XL pipelines "
-        "(StableDiffusionPipeline / StableDiffusionXLPipeline with a UNet2DConditionModel)"
+        f"unsupported model: {what}; diffprune supports SD-1.x, SD-2.x and SD-XL (U-Net) and PixArt, SD3/3.5, Flux "
+        f"and Sana (transformer) pipelines: {', '.join(SUPPORTED_PIPELINES)}"
     )
 
 
@@ -40,18 +64,29 @@ def family_of_unet_config(config) -> Family:
     return Family.SD1
 
 
-def detect_family(obj) -> Family:
-    """Family of a diffusers pipeline or a bare ``UNet2DConditionModel``; raises for anything else."""
+def _denoiser_family(model) -> Family | None:
     from diffusers import UNet2DConditionModel
 
-    if isinstance(obj, UNet2DConditionModel):
-        return family_of_unet_config(obj.config)
+    if isinstance(model, UNet2DConditionModel):
+        return family_of_unet_config(model.config)
+    value = _TRANSFORMERS.get(type(model).__name__)
+    return Family(value) if value is not None else None
+
+
+def detect_family(obj) -> Family:
+    """Family of a supported diffusers pipeline or a bare denoiser (U-Net or DiT); raises for anything else."""
+    family = _denoiser_family(obj)
+    if family is not None:
+        return family
     cls_name = type(obj).__name__
-    unet = getattr(obj, "unet", None)
-    if cls_name not in SUPPORTED_PIPELINES or not isinstance(unet, UNet2DConditionModel):
-        inner = f" with {type(unet).__name__}" if unet is not None else ""
+    expected = _PIPELINES.get(cls_name)
+    denoiser = getattr(obj, expected[0] if expected else "unet", None)
+    if denoiser is None and expected is None:
+        denoiser = getattr(obj, "transformer", None)
+    inner = f" with {type(denoiser).__name__}" if denoiser is not None else ""
+    if expected is None or type(denoiser).__name__ != expected[1]:
         raise _unsupported(f"{cls_name}{inner}")
-    family = family_of_unet_config(unet.config)
-    if (cls_name == "StableDiffusionXLPipeline") != (family is Family.SDXL):
+    family = _denoiser_family(denoiser)
+    if expected[0] == "unet" and (cls_name == "StableDiffusionXLPipeline") != (family is Family.SDXL):
         raise _unsupported(f"{cls_name} whose U-Net is built like {family.label}")
     return family

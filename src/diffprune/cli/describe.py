@@ -39,16 +39,17 @@ def _print_params(params) -> None:
 
 
 def run_info(args) -> int:
-    from diffprune.anatomy import is_module, is_unet
+    from diffprune.anatomy import is_denoiser, is_module, is_unet
     from diffprune.archs.family import detect_family
     from diffprune.measure import count_params, default_resolution, disk_usage
 
     obj = load_source(args, device="meta" if args.source.startswith("random:") else None)
-    if is_module(obj) and not is_unet(obj):
+    if is_module(obj) and not is_denoiser(obj):
         print(f"{args.source}: a {type(obj).__name__} component")
     else:
         family = detect_family(obj)
-        kind = "a bare U-Net" if is_module(obj) else type(obj).__name__
+        kind = (("a bare U-Net" if is_unet(obj) else f"a bare {type(obj).__name__}") if is_module(obj)
+                else type(obj).__name__)
         scheduler = getattr(obj, "scheduler", None)
         print(f"{args.source}: {family.label} ({kind}), native resolution {default_resolution(obj)}px"
               + (f", scheduler {type(scheduler).__name__}" if scheduler is not None else ""))
@@ -86,16 +87,24 @@ def run_measure(args) -> int:
           + (f", tokens {m.tokens}" if m.tokens else ""))
     _print_params(m.params)
     print("  FLOPs per call (attention included):")
-    per = (f", mean over the {len(m.unet_tflops_per_step)} U-Net calls of a {m.steps}-step schedule"
+    d = m.denoiser
+    label = "U-Net" if d == "unet" else "transformer"
+    per = (f", mean over the {len(m.denoiser_tflops_per_step)} {label} calls of a {m.steps}-step schedule"
            if m.steps else "")
-    print(f"    unet           {m.unet_flops.tflops:10.4f} TFLOPs  (attention {m.unet_flops.attention / 1e12:.4f}{per})")
+    f = m.denoiser_flops
+    print(f"    {d:<15}{f.tflops:10.4f} TFLOPs  (attention {f.attention / 1e12:.4f}{per})")
     for name, f in m.text_encoder_flops.items():
         print(f"    {name:<15}{f.tflops:10.4f} TFLOPs")
     if m.vae_decode_flops is not None:
         print(f"    vae decode     {m.vae_decode_flops.tflops:10.4f} TFLOPs")
-    if m.unet_latency:
-        lat = m.unet_latency
-        print(f"  U-Net latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
+    if m.groups:
+        print(f"  {d} by role (share of parameters / of FLOPs per call):")
+        for role, g in m.groups.items():
+            if g["params"] or g["flops"]:
+                print(f"    {role:<15}{g['params']:>15,} params  {g['param_share']:7.1%}  {g['flop_share']:7.1%}")
+    if m.denoiser_latency:
+        lat = m.denoiser_latency
+        print(f"  {label} latency: median {lat.median_s * 1000:.1f} ms over {lat.repeats} calls on {lat.device}")
     if args.json:
         atomic_write_text(args.json, json.dumps(to_jsonable(m.to_json()), indent=2) + "\n",
                           overwrite=args.overwrite, protect=[*input_paths(args), input_folder(pipe)])

@@ -9,7 +9,7 @@ from typing import ClassVar
 from diffprune.anatomy import geometry, is_pipeline, unet_of
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
-from diffprune.measure.pipeline import unet_call_flops
+from diffprune.measure.pipeline import denoiser_call_flops
 from diffprune.measure.runtime import applied_runtime_patch
 from diffprune.results import StepResult
 
@@ -107,7 +107,7 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
     units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
     candidates = expressible_units(unet, units) if config.expressible else removable_units(units)
     total = sum(p.numel() for p in unet.parameters()) if config.budget == "params" else \
-        unet_call_flops(pipe).total
+        denoiser_call_flops(pipe).total
     limit = sum(_cost(u, config.budget) for u in candidates) / total
     if config.ratio >= limit:
         what = "expressible layers" if config.expressible else f"{config.granularity} granularity"
@@ -145,12 +145,12 @@ def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet |
     unet = unet_of(pipe, "layer pruning")
     _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
-    flops_before = unet_call_flops(pipe).total
+    flops_before = denoiser_call_flops(pipe).total
     removed, scores, units = plan(pipe, config, data, progress=progress, scores=scores)
     remove_units(unet, removed, {u.name: u for u in units})
     result = LayerPruneResult(removed=removed, scores=scores, params_before=params_before,
                               params_after=sum(p.numel() for p in unet.parameters()), flops_before=flops_before,
-                              flops_after=unet_call_flops(pipe).total, config=config,
+                              flops_after=denoiser_call_flops(pipe).total, config=config,
                               seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"{config.criterion}, {config.granularity} granularity",
                        "removed": removed, "params_before": params_before, "params_after": result.params_after})
@@ -168,11 +168,11 @@ def apply_preset(pipe, preset: str) -> LayerPruneResult:
     unet = unet_of(pipe, "a layer-pruning preset")
     _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
-    flops_before = unet_call_flops(pipe).total
+    flops_before = denoiser_call_flops(pipe).total
     pipe.unet = build_preset(unet, preset)
     result = LayerPruneResult(removed=[], scores={}, params_before=params_before,
                               params_after=sum(p.numel() for p in pipe.unet.parameters()),
-                              flops_before=flops_before, flops_after=unet_call_flops(pipe).total,
+                              flops_before=flops_before, flops_after=denoiser_call_flops(pipe).total,
                               config=None, preset=preset, seconds=round(time.perf_counter() - start, 3))
     record_step(pipe, {"step": "prune-layers", "method": f"preset {preset}", "removed": [],
                        "params_before": params_before, "params_after": result.params_after})

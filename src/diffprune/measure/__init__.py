@@ -6,16 +6,17 @@ Every function returns a plain dataclass (``dataclasses.asdict`` makes it JSON).
 from .disk import DiskUsage, disk_usage
 from .flops import FlopCount, count_flops, flop_counter
 from .hardware import describe_hardware
-from .inputs import text_encoder_inputs, unet_inputs, vae_decode_inputs
+from .groups import RoleShare, parameter_groups
+from .inputs import denoiser_inputs, text_encoder_inputs, transformer_inputs, unet_inputs, vae_decode_inputs
 from .latency import LatencyComparison, LatencyStats, compare_latency, interleaved_latency, measure_latency
 from .memory import PeakMemory, current_rss, peak_memory
 from .params import ComponentParams, ParamCounts, count_params
-from .pipeline import PipelineMeasurement, default_resolution, measure_pipeline, unet_call, unet_call_flops
+from .pipeline import PipelineMeasurement, default_resolution, denoiser_call, denoiser_call_flops, measure_pipeline
 
 __all__ = [
     "ComponentParams", "DiskUsage", "FlopCount", "LatencyComparison", "LatencyStats", "ParamCounts",
-    "PeakMemory", "PipelineMeasurement", "compare_latency", "count_flops", "count_params", "current_rss",
-    "default_resolution", "describe_hardware", "disk_usage", "flop_counter", "interleaved_latency", "measure_latency",
-    "unet_call_flops",
-    "measure_pipeline", "peak_memory", "text_encoder_inputs", "unet_call", "unet_inputs", "vae_decode_inputs",
+    "PeakMemory", "PipelineMeasurement", "RoleShare", "compare_latency", "count_flops", "count_params", "current_rss",
+    "default_resolution", "denoiser_call", "denoiser_call_flops", "denoiser_inputs", "describe_hardware",
+    "disk_usage", "flop_counter", "interleaved_latency", "measure_latency", "measure_pipeline", "parameter_groups",
+    "peak_memory", "text_encoder_inputs", "transformer_inputs", "unet_inputs", "vae_decode_inputs",
 ]

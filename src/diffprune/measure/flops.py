@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 # Operators whose FLOPs are attention (scores and weighted sums), as opposed to projections and convs.
-_ATTENTION_OPS = ("bmm", "baddbmm", "scaled_dot_product", "flash_attention", "efficient_attention",
+ATTENTION_OPS = ("bmm", "baddbmm", "scaled_dot_product", "flash_attention", "efficient_attention",
                   "flex_attention")
 
 
@@ -71,7 +71,7 @@ def flop_counter() -> FlopCounterMode:
 def _summarise(counter: FlopCounterMode) -> FlopCount:
     by_op = {str(op).split(".")[-1] if "." in str(op) else str(op): int(n)
              for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    attention = sum(n for op, n in by_op.items() if any(key in op for key in _ATTENTION_OPS))
+    attention = sum(n for op, n in by_op.items() if any(key in op for key in ATTENTION_OPS))
     return FlopCount(total=int(counter.get_total_flops()), attention=attention, by_op=by_op)
 
 
@@ -98,6 +98,18 @@ def to_meta(value):
     return value
 
 
+def meta_state(module: nn.Module) -> dict:
+    """``module``'s parameters and buffers as ``meta`` stand-ins, one entry per tensor (tied weights, like T5's
+    shared embedding, appear once), for ``torch.func.functional_call``."""
+    state, seen = {}, set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key not in seen:
+            seen.add(key)
+            state[name] = to_meta(tensor)
+    return state
+
+
 def count_flops(module: nn.Module, *args, method: str = "forward", on_meta: bool = True,
                 **kwargs) -> FlopCount:
     """FLOPs of ``module.<method>(*args, **kwargs)``.
@@ -111,7 +123,7 @@ def count_flops(module: nn.Module, *args, method: str = "forward", on_meta: bool
             with flop_counter() as counter:
                 target(*args, **kwargs)
             return _summarise(counter)
-        state = {name: to_meta(t) for name, t in target.state_dict(keep_vars=True).items()}
+        state = meta_state(target)
         args, kwargs = to_meta(args), to_meta(kwargs)
         with flop_counter() as counter:
             torch.func.functional_call(target, state, args, kwargs, tie_weights=True, strict=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffprune.anatomy import unet_of
+from diffprune.anatomy import has_transformer, is_transformer, unet_of
 from diffprune.errors import DiffpruneError
 
 from . import gwpr, recovery
@@ -255,7 +255,10 @@ def remove(target):
 
 
 def active_patch(target):
-    """The patch :func:`apply` installed on ``target``'s U-Net (its config and run-time state), or ``None``."""
+    """The patch :func:`apply` installed on ``target``'s U-Net (its config and run-time state), or ``None`` (also
+    for a diffusion transformer, which token pruning does not patch)."""
+    if is_transformer(target) or has_transformer(target):
+        return None
     return unet_of(target, "token pruning").__dict__.get(_ATTR)
 
 
