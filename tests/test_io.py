@@ -164,12 +164,32 @@ def test_single_file_errors(tmp_path, offline_hub):
         diffprune.load(junk)
     other = tmp_path / "other.safetensors"
     save_file({"encoder.weight": torch.zeros(2, 2)}, other)
-    with pytest.raises(DiffpruneError, match="not a Stable Diffusion checkpoint"):
+    with pytest.raises(DiffpruneError, match="not a checkpoint diffprune can read"):
         diffprune.load(other)
     text = tmp_path / "weights.txt"
     text.write_text("x")
     with pytest.raises(DiffpruneError, match="not a checkpoint file"):
         diffprune.load(text)
+
+
+@pytest.mark.parametrize("key,pipeline", [
+    ("model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "StableDiffusion3Pipeline"),
+    ("double_blocks.0.img_attn.qkv.weight", "FluxPipeline"),
+    ("model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "FluxPipeline"),
+    ("model.diffusion_model.input_blocks.0.0.weight", "StableDiffusionPipeline"),
+])
+def test_single_files_of_dits_go_to_their_pipeline(tmp_path, offline_hub, monkeypatch, key, pipeline):
+    import diffusers
+
+    calls = []
+    monkeypatch.setattr(getattr(diffusers, pipeline), "from_single_file",
+                        classmethod(lambda cls, path, **kw: calls.append(cls.__name__) or (_ for _ in ()).throw(
+                            OSError("no config offline"))))
+    ckpt = tmp_path / "model.safetensors"
+    save_file({key: torch.zeros(2, 2)}, ckpt)
+    with pytest.raises(DiffpruneError, match="cannot load single-file checkpoint.*config="):
+        diffprune.load(ckpt)
+    assert calls == [pipeline]
 
 
 def test_save_refuses_to_overwrite_and_keeps_existing_content(tiny_sd, tmp_path):

@@ -163,3 +163,33 @@ def geometry(obj, *, vae_scale_factor: int | None = None, text_length: int | Non
         text_length = int(found or DIT_TEXT_LENGTH.get(name, DEFAULT_TEXT_LENGTH))
     side = model.config.get("sample_size") or DEFAULT_LATENT_SIDE
     return Geometry(vae_scale_factor=int(vae_scale_factor), text_length=int(text_length), latent_side=int(side))
+
+
+def tokenizer_of(pipe, component: str):
+    """The tokenizer that feeds text encoder ``component`` (``text_encoder_2`` -> ``tokenizer_2``), or None."""
+    return getattr(pipe, component.replace("text_encoder", "tokenizer"), None)
+
+
+def text_lengths(pipe) -> dict[str, int]:
+    """Tokens each text encoder of a pipeline reads, as its pipeline pads them: CLIP its 77 (its tokenizer's
+    length), T5 and Gemma the pipeline's default ``max_sequence_length`` (for SD3 the T5 part of the sequence)."""
+    model, out = denoiser_of(pipe, "text lengths"), {}
+    total = geometry(pipe).text_length
+    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
+        encoder = getattr(pipe, name, None)
+        if encoder is None:
+            continue
+        tokenizer = tokenizer_of(pipe, name)
+        if is_unet(model) or getattr(encoder.config, "model_type", "") in ("clip_text_model", "clip"):
+            out[name] = int(getattr(tokenizer, "model_max_length", None) or total)
+            out[name] = min(out[name], int(getattr(encoder.config, "max_position_embeddings", out[name])))
+        else:
+            out[name] = total - 77 if type(model).__name__ == "SD3Transformer2DModel" else total
+    return out
+
+
+def call_options(pipe) -> dict:
+    """Keyword arguments every diffprune call of ``pipe`` adds so that it draws exactly the size asked for:
+    PixArt and Sana would otherwise snap the size to their aspect-ratio bins."""
+    params = inspect.signature(type(pipe).__call__).parameters
+    return {"use_resolution_binning": False} if "use_resolution_binning" in params else {}

@@ -197,6 +197,24 @@ def _check_complete(module, folder: Path) -> None:
                              f"(e.g. '{missing[0]}'); loading would silently use random values")
 
 
+def _single_file_pipeline(path: Path, keys: list[str]) -> str:
+    """The pipeline class a single-file checkpoint belongs to, read from its key names (the original training
+    repositories' layouts, which diffusers' ``from_single_file`` converts): SD-1/2 and SD-XL, SD3/3.5 (``joint_blocks``)
+    and Flux (``double_blocks``, a transformer-only file or a whole checkpoint)."""
+    bare = [k.removeprefix("model.diffusion_model.") for k in keys]
+    if any(k.startswith("joint_blocks.") for k in bare):
+        return "StableDiffusion3Pipeline"
+    if any(k.startswith("double_blocks.") for k in bare):
+        return "FluxPipeline"
+    if not any(k.startswith("model.diffusion_model.") for k in keys):
+        raise DiffpruneError(f"{path} is not a checkpoint diffprune can read (no Stable Diffusion "
+                             "'model.diffusion_model.' weights, no SD3 'joint_blocks', no Flux 'double_blocks'); "
+                             "PixArt and Sana load from diffusers folders or Hub ids")
+    if any(k.startswith("conditioner.embedders.1.") for k in keys):
+        return "StableDiffusionXLPipeline"
+    return "StableDiffusionPipeline"
+
+
 def _load_single_file(path: Path, dtype, config: str | None):
     import diffusers
 
@@ -217,10 +235,7 @@ def _load_single_file(path: Path, dtype, config: str | None):
         if not isinstance(state, dict):
             raise DiffpruneError(f"{path} does not hold a state dict")
         keys = [str(k) for k in state]
-    if not any(k.startswith("model.diffusion_model.") for k in keys):
-        raise DiffpruneError(f"{path} is not a Stable Diffusion checkpoint (no 'model.diffusion_model.' weights)")
-    is_xl = any(k.startswith("conditioner.embedders.1.") for k in keys)
-    cls = diffusers.StableDiffusionXLPipeline if is_xl else diffusers.StableDiffusionPipeline
+    cls = getattr(diffusers, _single_file_pipeline(path, keys))
     kwargs = dict(_dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
     if config is not None:  # diffusers reads the component classes from its model_index.json: check it first
         folder = Path(config).expanduser()

@@ -62,16 +62,18 @@ def run(args) -> int:
     result = done.result.layers
     label = f"preset {args.preset}" if args.preset else f"{result.config.criterion}, {result.config.granularity} granularity"
     removed, before, after = result.removed, result.params_before, result.params_after
-    kind = "diffprune-layers format" if is_layer_pruned_folder(done.out / "unet") else \
-        "plain diffusers UNet2DConditionModel"
-    print(f"{args.source}: removed {len(removed)} unit(s) by {label}; saved to {done.out} (unet: {kind})")
+    denoiser = "unet" if (done.out / "unet").is_dir() else "transformer"
+    model_class = type(getattr(done.pipe, denoiser)).__name__
+    kind = "diffprune-layers format" if is_layer_pruned_folder(done.out / denoiser) else f"plain diffusers {model_class}"
+    label_d = "U-Net" if denoiser == "unet" else "transformer"
+    print(f"{args.source}: removed {len(removed)} unit(s) by {label}; saved to {done.out} ({denoiser}: {kind})")
     for name in removed:
         print(f"  - {name}")
-    print(f"  U-Net parameters: {before:,} -> {after:,} ({1 - after / before:.2%} removed)")
-    print(f"  U-Net FLOPs per call: {result.flops_before / 1e9:.3f} -> {result.flops_after / 1e9:.3f} GFLOPs "
+    print(f"  {label_d} parameters: {before:,} -> {after:,} ({1 - after / before:.2%} removed)")
+    print(f"  {label_d} FLOPs per call: {result.flops_before / 1e9:.3f} -> {result.flops_after / 1e9:.3f} GFLOPs "
           f"({result.flops_ratio:.2%} removed)")
     if args.json:
         write_json(args, done, {"source": args.source, "method": label, "removed": removed, "params_before": before,
-                                "params_after": after, "out": str(done.out), "unet_format": kind,
+                                "params_after": after, "out": str(done.out), f"{denoiser}_format": kind,
                                 "flops_before": result.flops_before, "flops_after": result.flops_after})
     return 0

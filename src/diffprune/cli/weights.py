@@ -15,7 +15,8 @@ from diffprune.cli.compress import calibration_options, execute, write_json
 from diffprune.cli.source import add_source_options, input_paths, load_source
 from diffprune.errors import DiffpruneError
 
-_COMPONENT_FLAGS = ("unet", "text_encoder", "text_encoder_2")
+_COMPONENT_FLAGS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+_DENOISERS = ("unet", "transformer")
 
 
 def _floats(text: str) -> list[float]:
@@ -33,7 +34,8 @@ def _add_pruning_options(p) -> None:
     p.add_argument("--pattern", default="unstructured", help="unstructured (default) or N:M such as 2:4, 4:8")
     p.add_argument("--scope", choices=["layer", "global"],
                    help="magnitude only: one threshold per weight matrix (default) or one per component")
-    p.add_argument("--conv", action="store_true", help="also prune Conv2d layers of the U-Net")
+    p.add_argument("--conv", action="store_true",
+                   help="also prune Conv2d layers of the denoiser (U-Net; Sana's Mix-FFN)")
     p.add_argument("--calib-prompts", metavar="FILE", help="calibration prompts, one per line (default: testbed)")
     p.add_argument("--calib-num-prompts", type=positive_int,
                    help="calibration prompts used: the file's (repeated if shorter) or the testbed's (default 16)")
@@ -53,7 +55,8 @@ def _add_suite_options(p) -> None:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("prune-weights", help="prune weights of text encoder(s) and U-Net; save a sparse folder")
+    p = sub.add_parser("prune-weights",
+                       help="prune weights of text encoder(s) and U-Net or transformer; save a sparse folder")
     add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
     p.add_argument("--method", default="magnitude", metavar="M",
@@ -71,8 +74,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("sweep", help="quality against sparsity per component and method, with collapse points")
     add_source_options(p)
     p.add_argument("--methods", type=_names, default=["magnitude"], help="comma-separated (default magnitude)")
-    p.add_argument("--components", type=_names, default=["text_encoder", "unet"],
-                   help="comma-separated (default text_encoder,unet)")
+    p.add_argument("--components", type=_names, default=["text_encoder", "denoiser"],
+                   help="comma-separated: text_encoder, text_encoder_2, text_encoder_3, unet, transformer, or "
+                        "denoiser for whichever of the last two the pipeline has (default text_encoder,denoiser)")
     p.add_argument("--sparsities", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7],
                    help="comma-separated grid (default 0.1,...,0.7)")
     p.add_argument("--collapse-fraction", type=float, default=0.5,
@@ -84,8 +88,9 @@ def add_commands(sub) -> None:
     add_source_options(p)
     p.add_argument("--budget", type=float, required=True, help="largest allowed drop of the metric (0.02 = 2 points)")
     p.add_argument("--method", default="magnitude", metavar="M", help="pruning method (default magnitude)")
-    p.add_argument("--components", type=_names, default=["text_encoder", "unet"],
-                   help="comma-separated (default text_encoder,unet)")
+    p.add_argument("--components", type=_names, default=["text_encoder", "denoiser"],
+                   help="comma-separated: text_encoder, text_encoder_2, text_encoder_3, unet, transformer, or "
+                        "denoiser for whichever of the last two the pipeline has (default text_encoder,denoiser)")
     p.add_argument("--step", type=float, default=0.025, help="sparsity grid step (default 0.025)")
     p.add_argument("--max-sparsity", type=float, default=0.9, help="largest sparsity tried (default 0.9)")
     _add_pruning_options(p)
@@ -117,11 +122,12 @@ def _recipe(args):
             continue
         if not 0 <= value < 1:
             raise DiffpruneError(f"--{component.replace('_', '-')}-sparsity must be in [0, 1), got {value:g}")
-        given = {**options, "include_conv": True if args.conv and component == "unet" else None}
+        given = {**options, "include_conv": True if args.conv and component in _DENOISERS else None}
         weights[component] = {"method": args.method, "sparsity": value,
                               **{k: v for k, v in given.items() if v is not None}}
     if not weights:
-        raise DiffpruneError("give at least one of --unet-sparsity, --text-encoder-sparsity, --text-encoder-2-sparsity")
+        raise DiffpruneError("give at least one of --unet-sparsity, --transformer-sparsity, --text-encoder-sparsity, "
+                             "--text-encoder-2-sparsity, --text-encoder-3-sparsity")
     calibration = {**calibration_options(args), "seed": args.seed}
     return Recipe.from_dict({"name": "prune-weights", "weights": weights, "calibration": calibration})
 
@@ -176,7 +182,11 @@ def _prepared(args, config, title: str):
     config.validate()
     report = Report(args.out, title=f"{title}: {args.source}", overwrite=args.overwrite,
                     protect=input_paths(args))
-    return report, _scorer(args), _calibration(args), _load(args)
+    scorer, calibration, pipe = _scorer(args), _calibration(args), _load(args)
+    from diffprune.anatomy import denoiser_name
+
+    config.components = [denoiser_name(pipe) if c == "denoiser" else c for c in config.components]
+    return report, scorer, calibration, pipe
 
 
 def _sweep(args) -> int:

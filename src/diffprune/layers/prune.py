@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from diffprune.anatomy import geometry, is_pipeline, unet_of
+from diffprune.anatomy import denoiser_of, geometry, is_pipeline, is_transformer, unet_of
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
 from diffprune.measure.pipeline import denoiser_call_flops
@@ -23,8 +23,9 @@ BUDGETS = ("params", "flops")
 
 @dataclass
 class LayerPruningConfig:
-    """Remove ``ratio`` of the U-Net's parameters (or FLOPs, ``budget="flops"``), choosing units by
-    ``criterion`` at ``granularity`` (``block``: whole attention modules; ``layer``: transformer layers)."""
+    """Remove ``ratio`` of the denoiser's parameters (or FLOPs, ``budget="flops"``), choosing units by
+    ``criterion`` at ``granularity`` (``block``: whole attention modules; ``layer``: transformer layers; a
+    diffusion transformer's units are its blocks at either)."""
 
     ratio: float = 0.5
     budget: str = "params"
@@ -63,7 +64,7 @@ class LayerPruneResult(StepResult):
 
     def summary(self) -> str:
         what = f"preset {self.preset}" if self.preset else f"{len(self.removed)} units removed"
-        return f"{what}: U-Net parameters -{self.params_ratio:.1%}, FLOPs -{self.flops_ratio:.1%}"
+        return f"{what}: denoiser parameters -{self.params_ratio:.1%}, FLOPs -{self.flops_ratio:.1%}"
 
     def to_json(self) -> dict:
         return {"removed": list(self.removed), "preset": self.preset, "params_before": self.params_before,
@@ -89,7 +90,10 @@ def expressible_units(unet, units: list[Unit]) -> list[Unit]:
     """Transformer layers whose removal a plain ``UNet2DConditionModel`` config can describe: never the first
     layer of a module (a module keeps at least one) and, when the last down stage has attention, neither the
     mid block's nor those of that stage's first module (diffusers gives the mid block that module's depth).
-    SD-1.x/2.x have one layer per module, so nothing of theirs qualifies."""
+    SD-1.x/2.x have one layer per module, so nothing of theirs qualifies. Every removable block of a diffusion
+    transformer qualifies (its config counts blocks per list)."""
+    if is_transformer(unet):
+        return [u for u in units if u.removable]
     tied = []
     if (unet.mid_block is not None and getattr(unet.mid_block, "attentions", None)
             and getattr(unet.down_blocks[-1], "attentions", None)):
@@ -102,7 +106,7 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
          progress: bool = False, scores: dict[str, float] | None = None) -> tuple[list[str], dict[str, float], list[Unit]]:
     """The units ``config`` would remove (without removing them), their scores, and all candidate units.
     ``scores`` (of ``config.criterion``, e.g. from an earlier call) skips scoring."""
-    unet, g = unet_of(pipe, "layer pruning"), geometry(pipe)
+    unet, g = denoiser_of(pipe, "layer pruning"), geometry(pipe)
     vae_factor, text_length = g.vae_scale_factor, g.text_length
     units = units or enumerate_units(unet, config.granularity, vae_scale_factor=vae_factor, text_length=text_length)
     candidates = expressible_units(unet, units) if config.expressible else removable_units(units)
@@ -137,12 +141,13 @@ def _check_unpatched(unet) -> None:
 def prune(pipe, config: LayerPruningConfig | None = None, data: CalibrationSet | None = None,
           progress: bool = False, *, scores: dict[str, float] | None = None) -> LayerPruneResult:
     """Score, select and remove in place; returns what was removed and the achieved ratios. ``pipe`` is a
-    pipeline, or a bare U-Net for the criteria that need no sampling (magnitude, random; output-loss with
+    pipeline (U-Net or diffusion transformer: its blocks are the units), or a bare denoiser for the criteria that
+    need no sampling (magnitude, random; output-loss with
     ``data`` recorded beforehand). ``scores`` of ``config.criterion`` from an earlier call (e.g.
     :func:`score_units` on the same U-Net) skip scoring, so one scoring serves several ratios."""
     start = time.perf_counter()
     config = config or LayerPruningConfig()
-    unet = unet_of(pipe, "layer pruning")
+    unet = denoiser_of(pipe, "layer pruning")
     _check_unpatched(unet)
     params_before = sum(p.numel() for p in unet.parameters())
     flops_before = denoiser_call_flops(pipe).total

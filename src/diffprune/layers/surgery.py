@@ -12,8 +12,10 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from diffprune.anatomy import is_transformer
 from diffprune.errors import DiffpruneError
 
+from .dit import blocks_removed, remove_blocks
 from .standins import SkippedLayer, SkippedResnet, SkippedTransformer, SkippedUpResnet, is_skipped
 from .units import Unit, enumerate_units
 
@@ -47,7 +49,7 @@ def _check(unet, names, units: dict[str, Unit] | None) -> list[Unit]:
     for name in dict.fromkeys(names):
         unit = units.get(name)
         if unit is None:
-            raise DiffpruneError(f"'{name}' is not a removable unit of this U-Net")
+            raise DiffpruneError(f"'{name}' is not a removable unit of this {type(unet).__name__}")
         if not unit.removable:
             raise DiffpruneError(f"'{name}' cannot be removed: {unit.reason}")
         chosen.append(unit)
@@ -61,8 +63,13 @@ def _check(unet, names, units: dict[str, Unit] | None) -> list[Unit]:
 
 @contextmanager
 def units_removed(unet, names, units: dict[str, Unit] | None = None):
-    """Run ``unet`` with ``names`` removed inside the ``with`` block; everything is put back afterwards."""
+    """Run ``unet`` (or a diffusion transformer) with ``names`` removed inside the ``with`` block; everything is
+    put back afterwards."""
     chosen = _check(unet, names, units)
+    if is_transformer(unet):
+        with blocks_removed(unet, [u.name for u in chosen]):
+            yield unet
+        return
     swapped = []
     try:
         for unit in chosen:
@@ -78,8 +85,11 @@ def units_removed(unet, names, units: dict[str, Unit] | None = None):
 
 def remove_units(unet, names, units: dict[str, Unit] | None = None):
     """Remove ``names`` from ``unet`` for good (in place) and return it. Layers are deleted from their list;
-    a mid block left with no units goes as a whole."""
+    a mid block left with no units goes as a whole. A diffusion transformer's blocks are deleted and its config
+    follows (:func:`diffprune.layers.dit.remove_blocks`)."""
     chosen = _check(unet, names, units)
+    if is_transformer(unet):
+        return remove_blocks(unet, [u.name for u in chosen])
     layers: dict[str, list[int]] = {}
     for unit in chosen:
         if unit.kind == "layer":
@@ -105,6 +115,8 @@ def removed_modules(unet) -> list[str]:
     """Module paths of the stand-ins in ``unet`` (what :func:`remove_units` replaced), plus ``mid_block`` if it
     was dropped while the configuration still names one."""
     names = [name for name, m in unet.named_modules() if is_skipped(m)]
+    if is_transformer(unet):
+        return names
     if unet.mid_block is None and unet.config.get("mid_block_type") is not None:
         names.append("mid_block")
     return names

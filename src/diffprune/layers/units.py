@@ -1,5 +1,6 @@
 """The removable units of a diffusers ``UNet2DConditionModel``: ResNet blocks, whole ``Transformer2DModel``s or
-single transformer layers (``BasicTransformerBlock``), with their parameters, FLOPs and how each can go.
+single transformer layers (``BasicTransformerBlock``), with their parameters, FLOPs and how each can go. A diffusion
+transformer's units are its blocks (:mod:`diffprune.layers.dit`); there both granularities name the same units.
 
 - a transformer (block or layer) always can: each is a residual update, so removing it leaves the identity;
 - a down or mid ResNet can when it keeps its channel count (one that changes channels cannot);
@@ -14,8 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
+from diffprune.anatomy import geometry, is_transformer
 from diffprune.errors import DiffpruneError
 
+from .dit import block_kind, dit_blocks
 from .standins import is_skipped
 
 GRANULARITIES = ("block", "layer")
@@ -26,7 +29,8 @@ class Unit:
     """One removable unit, named by its module path in the U-Net."""
 
     name: str          # e.g. "down_blocks.1.resnets.1", "up_blocks.0.attentions.2.transformer_blocks.3"
-    kind: str          # "resnet", "up_resnet", "attention" (a Transformer2DModel) or "layer" (one transformer layer)
+    kind: str          # "resnet", "up_resnet", "attention" (a Transformer2DModel), "layer" (one transformer layer);
+    #                    a DiT's: "block" (PixArt, Sana), "joint" (SD3), "double" / "single" (Flux)
     params: int
     flops: int         # FLOPs of the unit in one U-Net call at the resolution it was measured at (batch 1)
     removable: bool
@@ -42,18 +46,17 @@ def _resnet_channels(resnet) -> tuple[int, int]:
 
 
 def unit_flops(unet, resolution: int | None = None, vae_scale_factor: int = 8, text_length: int = 77) -> dict:
-    """FLOPs per module path of one U-Net call (batch 1), counted once on the meta device."""
+    """FLOPs per module path of one denoiser call (batch 1), counted once on the meta device."""
     from torch.func import functional_call
 
-    from diffprune.measure.flops import to_meta, flop_counter
-    from diffprune.measure.inputs import unet_inputs
+    from diffprune.measure.flops import flop_counter, meta_state, to_meta
+    from diffprune.measure.inputs import denoiser_inputs
 
-    resolution = resolution or int(unet.config.sample_size) * vae_scale_factor
-    kwargs = unet_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_scale_factor,
-                         text_length=text_length)
-    state = {name: to_meta(t) for name, t in unet.state_dict(keep_vars=True).items()}
+    resolution = resolution or geometry(unet, vae_scale_factor=vae_scale_factor).resolution
+    kwargs = denoiser_inputs(unet, resolution=resolution, batch=1, vae_scale_factor=vae_scale_factor,
+                             text_length=text_length)
     with torch.no_grad(), flop_counter() as counter:
-        functional_call(unet, state, (), to_meta(kwargs), tie_weights=True, strict=False)
+        functional_call(unet, meta_state(unet), (), to_meta(kwargs), tie_weights=True, strict=False)
     prefix = type(unet).__name__ + "."
     return {name[len(prefix):]: sum(ops.values()) for name, ops in counter.get_flop_counts().items()
             if name.startswith(prefix)}
@@ -66,6 +69,9 @@ def enumerate_units(unet, granularity: str = "block", resolution: int | None = N
     if granularity not in GRANULARITIES:
         raise DiffpruneError(f"granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
     flops = unit_flops(unet, resolution, vae_scale_factor, text_length) if with_flops else {}
+    if is_transformer(unet):
+        return [Unit(name, block_kind(unet, name.rpartition(".")[0]), _params(block), int(flops.get(name, 0)),
+                     removable, reason) for name, block, removable, reason in dit_blocks(unet)]
     units: list[Unit] = []
 
     def add(name: str, kind: str, module, removable: bool = True, reason: str = "") -> None:

@@ -99,15 +99,11 @@ def to_meta(value):
 
 
 def meta_state(module: nn.Module) -> dict:
-    """``module``'s parameters and buffers as ``meta`` stand-ins, one entry per tensor (tied weights, like T5's
-    shared embedding, appear once), for ``torch.func.functional_call``."""
-    state, seen = {}, set()
-    for name, tensor in module.state_dict(keep_vars=True).items():
-        key = id(tensor)
-        if key not in seen:
-            seen.add(key)
-            state[name] = to_meta(tensor)
-    return state
+    """``module``'s parameters and buffers (non-persistent ones too, e.g. PixArt's position table) as ``meta``
+    stand-ins, one entry per tensor (tied weights, like T5's shared embedding, appear once), for
+    ``torch.func.functional_call``."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return {name: to_meta(tensor) for name, tensor in named}
 
 
 def count_flops(module: nn.Module, *args, method: str = "forward", on_meta: bool = True,

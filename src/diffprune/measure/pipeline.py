@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from diffprune.anatomy import denoiser_name, denoiser_of, geometry, is_module
+from diffprune.anatomy import denoiser_name, denoiser_of, geometry, is_module, text_lengths
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 
@@ -111,21 +111,6 @@ def denoiser_call(obj, *, resolution: int, batch: int = 1, seed: int = 0):
     return call
 
 
-def _text_lengths(pipe, text_length: int) -> dict[str, int]:
-    """Tokens each text encoder of a pipeline reads: CLIP its 77, T5 and Gemma the pipeline's sequence length
-    (for SD3, whose denoiser reads CLIP's and T5's tokens concatenated, the T5 part)."""
-    out = {}
-    for name in ("text_encoder", "text_encoder_2", "text_encoder_3"):
-        encoder = getattr(pipe, name, None)
-        if encoder is None:
-            continue
-        if getattr(encoder.config, "model_type", "") in ("clip_text_model", "clip"):
-            out[name] = int(encoder.config.max_position_embeddings)
-        else:
-            out[name] = text_length - 77 if type(pipe).__name__ == "StableDiffusion3Pipeline" else text_length
-    return out
-
-
 def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, latency_repeats: int = 0,
                      latency_warmup: int = 1, source: str | None = None,
                      steps: int | None = None) -> PipelineMeasurement:
@@ -166,9 +151,9 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
             per_step = [flops.tflops] * steps
     te_flops, vae_flops = {}, None
     if not is_module(pipe):
-        lengths = (_text_lengths(pipe, text_length) if family.is_dit else
-                   {n: text_length for n in ("text_encoder", "text_encoder_2") if getattr(pipe, n, None) is not None})
-        for enc_name, length in lengths.items():
+        for enc_name, length in (text_lengths(pipe) if family.is_dit else
+                                 {n: text_length for n in ("text_encoder", "text_encoder_2")
+                                  if getattr(pipe, n, None) is not None}).items():
             encoder = getattr(pipe, enc_name)
             te_flops[enc_name] = count_flops(encoder, **text_encoder_inputs(encoder, batch=batch, text_length=length))
         vae_flops = count_flops(pipe.vae, method="decode",

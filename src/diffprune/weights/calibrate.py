@@ -1,9 +1,9 @@
 """Calibration: input statistics of the layers to prune, gathered by running the real pipeline.
 
 Wanda needs the squared norm of every input column, SparseGPT the Gram matrix ``X^T X`` (its Hessian). Text
-encoders are calibrated on the prompts' token embeddings; U-Nets across the whole sampling trajectory with
-classifier-free guidance, each denoising step weighted (timestep-aware): by default the noisy early steps count
-more (weights falling logarithmically from ``weight_max`` to ``weight_min``). Hooks collect statistics for one
+encoders are calibrated on the prompts' token embeddings; denoisers (U-Nets and transformers) across the whole
+sampling trajectory with classifier-free guidance, each denoising step weighted (timestep-aware): by default the
+noisy early steps count more (weights falling logarithmically from ``weight_max`` to ``weight_min``). Hooks collect statistics for one
 group of layers at a time, so memory stays bounded by the largest group, not the model.
 """
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from diffprune.calibration import (DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_PROMPTS, DEFAULT_STEPS,
                                     calibration_generators, calibration_prompts)
+from diffprune.anatomy import call_options, denoiser_of, geometry, text_lengths, tokenizer_of
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 from diffprune.weights.targets import Target
@@ -125,29 +126,26 @@ class Collector:
         self._handles.clear()
 
 
-def _tokenizer_for(pipe, component: str):
-    tok = getattr(pipe, "tokenizer_2" if component == "text_encoder_2" else "tokenizer", None)
-    if tok is None:
-        raise DiffpruneError(f"calibrating {component} needs the pipeline's tokenizer")
-    return tok
-
-
 @torch.no_grad()
 def run_text_encoder(pipe, component: str, config: CalibrationConfig) -> None:
-    """Encode the calibration prompts (padded to the model's length, as the pipeline does)."""
-    tok = _tokenizer_for(pipe, component)
+    """Encode the calibration prompts, padded to the length the pipeline pads them to (CLIP 77; T5 and Gemma the
+    pipeline's sequence length)."""
+    tok = tokenizer_of(pipe, component)
+    if tok is None:
+        raise DiffpruneError(f"calibrating {component} needs the pipeline's tokenizer")
+    length = text_lengths(pipe)[component]
     encoder = getattr(pipe, component)
     device = next(encoder.parameters()).device
     prompts = config.prompt_list()
     for i in range(0, len(prompts), config.batch_size):
-        ids = tok(prompts[i:i + config.batch_size], padding="max_length", max_length=tok.model_max_length,
+        ids = tok(prompts[i:i + config.batch_size], padding="max_length", max_length=length,
                   truncation=True, return_tensors="pt").input_ids.to(device)
         encoder(ids)
 
 
 @torch.no_grad()
 def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
-    """Run the pipeline on the calibration prompts; each U-Net call's inputs get its step's weight."""
+    """Run the pipeline on the calibration prompts; each denoiser call's inputs get its step's weight."""
     weights = config.step_weights()
     state = {"call": 0}
 
@@ -155,8 +153,9 @@ def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
         collector.set_scale(weights[min(state["call"], len(weights) - 1)])
         state["call"] += 1
 
-    handle = pipe.unet.register_forward_pre_hook(pre_hook)
+    handle = denoiser_of(pipe, "calibration").register_forward_pre_hook(pre_hook)
     prompts = config.prompt_list()
+    size = geometry(pipe).resolution
     try:
         for i in range(0, len(prompts), config.batch_size):
             batch = prompts[i:i + config.batch_size]
@@ -164,6 +163,6 @@ def run_sampling(pipe, config: CalibrationConfig, collector: Collector) -> None:
             state["call"] = 0
             with pipeline_bar_disabled(pipe):
                 pipe(batch, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                     generator=gens, output_type="latent")
+                     generator=gens, output_type="latent", height=size, width=size, **call_options(pipe))
     finally:
         handle.remove()

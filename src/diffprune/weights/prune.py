@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from diffprune.anatomy import is_module, is_unet
+from diffprune.anatomy import denoiser_name, is_denoiser, is_module
 from diffprune.errors import DiffpruneError
 from diffprune.history import record_step
 from diffprune.results import StepResult
@@ -24,7 +24,8 @@ from diffprune.weights.magnitude import magnitude_prune, random_prune
 from diffprune.weights.masks import allocate
 from diffprune.weights.owl import block_counts, block_sparsities, outlier_ratio
 from diffprune.weights.sparsegpt import sparsegpt_prune
-from diffprune.weights.targets import PRUNABLE_COMPONENTS, Target, check_pattern_fits, find_targets, groups_in_order
+from diffprune.weights.targets import (DENOISERS, PRUNABLE_COMPONENTS, Target, check_pattern_fits, find_targets,
+                                      groups_in_order)
 from diffprune.weights.wanda import wanda_prune
 
 
@@ -68,7 +69,7 @@ class PruneResult(StepResult):
 
 def _components(pipe) -> dict[str, nn.Module]:
     if is_module(pipe):
-        return {"unet" if is_unet(pipe) else "text_encoder": pipe}
+        return {denoiser_name(pipe) if is_denoiser(pipe) else "text_encoder": pipe}
     return {n: getattr(pipe, n) for n in PRUNABLE_COMPONENTS if isinstance(getattr(pipe, n, None), nn.Module)}
 
 
@@ -89,8 +90,8 @@ def check_recipe(pipe, recipe: dict[str, PruneConfig]) -> dict[str, list[Target]
         module = available[name]
         if any(p.device.type == "meta" for p in module.parameters()):
             raise DiffpruneError(f"{name} is on the meta device and has no weights to prune")
-        if isinstance(config, OWLConfig) and name == "unet":
-            raise DiffpruneError("OWL assigns sparsity per text-encoder block; use another method for the unet")
+        if isinstance(config, OWLConfig) and name in DENOISERS:
+            raise DiffpruneError(f"OWL assigns sparsity per text-encoder block; use another method for the {name}")
         if config.needs_calibration and is_module(pipe):
             raise DiffpruneError(f"{config.method} needs calibration through a full pipeline, not a bare module")
         targets = find_targets(module, include_conv=config.include_conv)
@@ -103,7 +104,7 @@ def check_recipe(pipe, recipe: dict[str, PruneConfig]) -> dict[str, list[Target]
 
 def _run_calibration(pipe, name: str, calibration: CalibrationConfig, collector: Collector) -> None:
     with collector:
-        if name == "unet":
+        if name in DENOISERS:
             run_sampling(pipe, calibration, collector)
         else:
             run_text_encoder(pipe, name, calibration)
@@ -129,7 +130,7 @@ def _packs(groups: list[list[Target]], n: int) -> list[list[Target]]:
 def _calibrated(pipe, name: str, targets: list[Target], config: PruneConfig, calibration: CalibrationConfig,
                 counts: dict[str, int], progress: bool) -> None:
     groups = groups_in_order(targets)
-    if name == "unet":
+    if name in DENOISERS:
         groups = _packs(groups, calibration.groups)
     hessian = isinstance(config, SparseGPTConfig)
     for group in tqdm(groups, desc=f"{name}: {config.method}", disable=not progress):
@@ -165,7 +166,8 @@ def _owl(pipe, name: str, targets: list[Target], config: OWLConfig, calibration:
 def prune(pipe, recipe: dict[str, PruneConfig], calibration: CalibrationConfig | None = None, *,
           progress: bool = False) -> PruneResult:
     """Prune ``pipe`` in place: ``recipe`` maps component names (``text_encoder``, ``text_encoder_2``,
-    ``unet``) to a config such as ``MagnitudeConfig(sparsity=0.35)``. Returns what was achieved.
+    ``text_encoder_3``, ``unet`` or ``transformer``) to a config such as ``MagnitudeConfig(sparsity=0.35)``.
+    Returns what was achieved.
 
     Calibrated methods (Wanda, OWL, SparseGPT) use ``calibration`` (default: 32 testbed prompts, 10 steps).
     """

@@ -17,6 +17,7 @@ from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
+from diffprune.weights.targets import DENOISERS
 from diffprune.weights.sweep import LOWER_IS_BETTER, backup_weights, restore_weights
 
 
@@ -83,7 +84,7 @@ class _Evaluator:
         if key not in self.cache:
             c = self.config
             recipe = {name: make_config(c.method, s, **method_options(
-                          c.method, scope=c.scope, seed=c.seed, include_conv=c.include_conv and name == "unet"))
+                          c.method, scope=c.scope, seed=c.seed, include_conv=c.include_conv and name in DENOISERS))
                       for name, s in sparsities.items() if s > 0}
             try:
                 if recipe:
@@ -104,7 +105,7 @@ def search(pipe, config: SearchConfig, score: Callable[[object], dict],
            calibration: CalibrationConfig | None = None, *, progress: bool = False) -> SearchResult:
     config.validate()
     check_recipe(pipe, {c: make_config(config.method, config.step, **method_options(
-                            config.method, scope=config.scope, include_conv=config.include_conv and c == "unet"))
+                            config.method, scope=config.scope, include_conv=config.include_conv and c in DENOISERS))
                         for c in config.components})
     ev = _Evaluator(pipe, config, score, calibration, progress)
     grid = config.grid()

@@ -182,13 +182,28 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
         raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {first_line(e, 160)}") from None
     state = _match_prefix(state, set(model.state_dict()))
     try:
-        model.load_state_dict(state, strict=True, assign=True)
+        loaded = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise _corrupt(folder / SPARSE_FILE, f"its tensors do not match the model: {lines[-1][:160]}") from None
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise _corrupt(folder / SPARSE_FILE, "some weights are missing")
+    if loaded.unexpected_keys:
+        raise _corrupt(folder / SPARSE_FILE, f"it holds tensors the model does not have, e.g. "
+                                             f"'{loaded.unexpected_keys[0]}'")
+    if hasattr(model, "tie_weights"):  # tied weights (T5's shared embedding) are stored once: tie them again
+        model.tie_weights()
+    params = dict(model.named_parameters(remove_duplicate=False))
+    missing = [k for k in loaded.missing_keys if k not in params or params[k].device.type == "meta"]
+    if missing or any(p.device.type == "meta" for p in model.parameters()):
+        raise _corrupt(folder / SPARSE_FILE, f"some weights are missing (e.g. '{(missing or ['?'])[0]}')")
     return model.eval().requires_grad_(False)
+
+
+def tied_names(module: nn.Module) -> list[list[str]]:
+    """Groups of state-dict names that are one tensor (tied weights), each in state-dict order."""
+    groups: dict[int, list[str]] = {}
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        groups.setdefault(id(tensor), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
 
 
 def _match_prefix(state: dict, expected: set[str]) -> dict:
@@ -212,7 +227,11 @@ def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, in
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    tensors, metadata = encode(module.state_dict(), pattern)
+    state = module.state_dict()
+    for names in tied_names(module):  # store a tied tensor once, under its first name
+        for name in names[1:]:
+            state.pop(name)
+    tensors, metadata = encode(state, pattern)
     for glob in _WEIGHT_FILES:
         for f in folder.glob(glob):
             f.unlink()

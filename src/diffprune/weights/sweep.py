@@ -17,6 +17,7 @@ from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
+from diffprune.weights.targets import DENOISERS
 
 LOWER_IS_BETTER = ("fd", "fid")
 
@@ -104,7 +105,7 @@ def run_sweep(pipe, config: SweepConfig, score: Callable[[object], dict], calibr
     config.validate()
     recipes = {(m, c, s): {c: make_config(m, s, **method_options(
                                m, pattern=config.pattern, scope=config.scope, seed=config.seed,
-                               include_conv=config.include_conv and c == "unet"))}
+                               include_conv=config.include_conv and c in DENOISERS))}
                for m in config.methods for c in config.components for s in config.sparsities}
     for recipe in recipes.values():
         check_recipe(pipe, recipe)  # every point is checked before the first (long) evaluation

@@ -1,9 +1,11 @@
 """Which weights a component offers for pruning, grouped in forward order.
 
-Text encoders: the ``nn.Linear`` layers of the transformer blocks (attention projections and MLP), one group
-per block, as the SD2 study does; embeddings, norms and the final projection stay dense. U-Nets: every
-``nn.Linear`` (attention, feed-forward, ``proj_in``/``proj_out``, time-embedding projections) and, on request,
-every ``nn.Conv2d``; groups are the top-level blocks (down, mid, up). The VAE is never a target.
+Text encoders (CLIP, T5, Gemma-2): the ``nn.Linear`` layers of the transformer blocks (attention projections and
+MLP), one group per block, as the SD2 study does; embeddings, norms and the final projection stay dense. U-Nets:
+every ``nn.Linear`` (attention, feed-forward, ``proj_in``/``proj_out``, time-embedding projections) and, on request,
+every ``nn.Conv2d``; groups are the top-level blocks (down, mid, up). Diffusion transformers: every ``nn.Linear``
+(and, on request, convolution: Sana's Mix-FFN), one group per transformer block, the embedders before them and the
+output layers after. The VAE is never a target.
 """
 
 from __future__ import annotations
@@ -12,9 +14,15 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from diffprune.anatomy import is_denoiser, is_unet
 from diffprune.errors import DiffpruneError
 
-PRUNABLE_COMPONENTS = ("text_encoder", "text_encoder_2", "unet")
+#: in the order they are pruned: text encoders first, then the denoiser (calibrated on the pruned encoders' output)
+PRUNABLE_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
+DENOISERS = ("unet", "transformer")
+#: where each kind of text encoder keeps its blocks (transformers 5 dropped CLIP's ``text_model`` level)
+_ENCODER_BLOCKS = ("text_model.encoder.layers", "encoder.layers", "encoder.block", "layers")
+_DIT_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
 
 
 @dataclass
@@ -34,8 +42,12 @@ class Target:
 
 
 def _encoder_layers(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
-    """Where a CLIP text model keeps its transformer blocks (transformers 5 dropped the ``text_model`` level)."""
-    for prefix in ("text_model.encoder.layers", "encoder.layers"):
+    """Where a text encoder (CLIP, T5, Gemma-2) keeps its transformer blocks."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(module, PreTrainedModel):
+        return None
+    for prefix in _ENCODER_BLOCKS:
         try:
             layers = module.get_submodule(prefix)
         except AttributeError:
@@ -48,7 +60,7 @@ def _encoder_layers(module: nn.Module) -> tuple[str, nn.ModuleList] | None:
 def find_targets(component: nn.Module, *, include_conv: bool = False) -> list[Target]:
     """The prunable layers of ``component`` in forward order, each tagged with its block."""
     kinds = (nn.Linear, nn.Conv2d) if include_conv else (nn.Linear,)
-    found = _encoder_layers(component) if "TextModel" in type(component).__name__ else None
+    found = _encoder_layers(component)
     if found is not None:
         targets = []
         for i, block in enumerate(found[1]):
@@ -56,14 +68,15 @@ def find_targets(component: nn.Module, *, include_conv: bool = False) -> list[Ta
             targets += [Target(f"{prefix}.{n}", m, prefix) for n, m in block.named_modules()
                         if type(m) in (nn.Linear,)]  # text encoders have no convolutions
         return targets
-    if type(component).__name__ not in ("UNet2DConditionModel",):
-        raise DiffpruneError(f"cannot prune a {type(component).__name__}: diffprune prunes CLIP text encoders "
-                             "and UNet2DConditionModel")
+    if not is_denoiser(component):
+        raise DiffpruneError(f"cannot prune a {type(component).__name__}: diffprune prunes text encoders (CLIP, "
+                             "T5, Gemma-2), U-Nets and diffusion transformers")
+    blocks = ("down_blocks", "up_blocks") if is_unet(component) else _DIT_BLOCKS
     targets = []
     for name, module in component.named_modules():
         if isinstance(module, kinds) and not isinstance(module, (nn.Embedding,)):
             parts = name.split(".")
-            group = ".".join(parts[:2]) if parts[0] in ("down_blocks", "up_blocks") else parts[0]
+            group = ".".join(parts[:2]) if parts[0] in blocks else parts[0]
             targets.append(Target(name, module, group))
     return targets
 
@@ -72,11 +85,22 @@ _UNET_ORDER = ("conv_in", "time_proj", "time_embedding", "class_embedding", "add
                "mid_block", "up_blocks")
 
 
+_DIT_OUTPUT = ("norm_out", "proj_out")
+
+
 def _forward_rank(group: str) -> tuple:
-    """Sort key that puts U-Net blocks in the order a forward pass runs them (the module registration order
-    lists ``up_blocks`` before ``mid_block``)."""
+    """Sort key that puts blocks in the order a forward pass runs them (U-Nets register ``up_blocks`` before
+    ``mid_block``; PixArt registers its timestep and caption embedders after its output layers). Embedders of a
+    transformer run first, then its blocks, then its output layers."""
     head, _, index = group.partition(".")
-    rank = _UNET_ORDER.index(head) if head in _UNET_ORDER else len(_UNET_ORDER)
+    if head in _UNET_ORDER:
+        rank = _UNET_ORDER.index(head)
+    elif head in _DIT_BLOCKS:
+        rank = len(_UNET_ORDER) + 1 + _DIT_BLOCKS.index(head)
+    elif head in _DIT_OUTPUT:
+        rank = len(_UNET_ORDER) + 3 + _DIT_OUTPUT.index(head)
+    else:  # a transformer's embedders (or an unknown top-level module): before the blocks
+        rank = len(_UNET_ORDER)
     return (rank, int(index) if index.isdigit() else 0)
 
 
@@ -85,7 +109,7 @@ def groups_in_order(targets: list[Target]) -> list[list[Target]]:
     out: dict[str, list[Target]] = {}
     for t in targets:
         out.setdefault(t.group, []).append(t)
-    if any(".layers." in g for g in out):
+    if any(g.startswith(_ENCODER_BLOCKS) for g in out):  # a text encoder: blocks in registration (= forward) order
         return list(out.values())
     return [out[g] for g in sorted(out, key=_forward_rank)]
 

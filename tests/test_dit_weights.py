@@ -1,0 +1,127 @@
+"""Weight pruning of diffusion transformers and their T5 / CLIP / Gemma text encoders, calibrated through the real
+pipeline, stored as bitmasks."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import diffprune
+from diffprune import weights
+from diffprune.weights.targets import find_targets, groups_in_order
+
+CALIB = weights.CalibrationConfig(num_prompts=2, steps=2, batch_size=2, groups=2)
+
+
+@pytest.fixture(scope="module")
+def flux():
+    pipe = diffprune.load("random:tiny-flux", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _zeros(module: nn.Module) -> float:
+    ts = [t.weight for t in find_targets(module)]
+    return 1 - sum(int(torch.count_nonzero(w)) for w in ts) / sum(w.numel() for w in ts)
+
+
+def test_targets_cover_every_linear_in_forward_order():
+    pixart = diffprune.load("random:tiny-pixart", device="meta")
+    targets = find_targets(pixart.transformer)
+    linears = [n for n, m in pixart.transformer.named_modules() if isinstance(m, nn.Linear)]
+    assert sorted(t.name for t in targets) == sorted(linears)
+    order = [g[0].group for g in groups_in_order(targets)]
+    # PixArt registers its caption and timestep embedders after its output layers; they run first
+    assert order.index("caption_projection") < order.index("transformer_blocks.0") < order.index("proj_out")
+    assert order.index("adaln_single") < order.index("transformer_blocks.0")
+    t5 = find_targets(pixart.text_encoder)
+    assert t5 and all(t.group.startswith("encoder.block.") for t in t5)
+    assert {t.name.rsplit(".", 1)[1] for t in t5} == {"q", "k", "v", "o", "wi_0", "wi_1", "wo"}
+    sana = diffprune.load("random:tiny-sana", device="meta")
+    assert all(t.group.startswith("layers.") for t in find_targets(sana.text_encoder))
+    convs = [t for t in find_targets(sana.transformer, include_conv=True) if isinstance(t.module, nn.Conv2d)]
+    assert convs and all(".ff." in t.name for t in convs if t.group.startswith("transformer_blocks"))
+
+
+@pytest.mark.parametrize("method,config", [
+    ("magnitude", weights.MagnitudeConfig(sparsity=0.5)),
+    ("wanda", weights.WandaConfig(sparsity=0.5)),
+    ("sparsegpt", weights.SparseGPTConfig(sparsity=0.5)),
+    ("wanda 2:4", weights.WandaConfig(sparsity=0.5, pattern="2:4")),
+])
+def test_every_method_prunes_a_flux_transformer_and_its_t5(flux, method, config):
+    pipe = copy.deepcopy(flux)
+    embedding = pipe.text_encoder_2.shared.weight.clone()
+    result = weights.prune(pipe, {"text_encoder_2": config, "transformer": config}, CALIB)
+    for name in ("text_encoder_2", "transformer"):
+        assert result.components[name].sparsity == pytest.approx(0.5, abs=1e-3)
+        assert _zeros(getattr(pipe, name)) == pytest.approx(0.5, abs=1e-3)
+    assert torch.equal(pipe.text_encoder_2.shared.weight, embedding)  # embeddings stay dense
+    if config.nm is not None:
+        for t in find_targets(pipe.transformer):
+            groups = t.weight.reshape(t.weight.shape[0], -1, 4)
+            assert int((groups != 0).sum(-1).max()) <= 2
+    image = pipe("a red circle", num_inference_steps=2, height=32, width=32, max_sequence_length=16,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert torch.isfinite(torch.as_tensor(image)).all()
+
+
+def test_calibration_weights_each_transformer_call_by_its_step(flux):
+    """Wanda's column norms are the step-weighted mean over every transformer call of the sampling run."""
+    from diffprune.weights.calibrate import Collector, run_sampling
+
+    pipe = copy.deepcopy(flux)
+    target = next(t for t in find_targets(pipe.transformer) if t.name == "transformer_blocks.0.attn.to_q")
+    seen = []
+    handle = target.module.register_forward_hook(lambda _m, args, _o: seen.append(args[0].detach().clone()))
+    config = weights.CalibrationConfig(num_prompts=1, steps=3, batch_size=1)
+    collector = Collector([target], hessian=False)
+    with collector:
+        run_sampling(pipe, config, collector)
+    handle.remove()
+    assert len(seen) == 3  # one call per step (FLUX.1-dev distils guidance: no doubled batch)
+    w = config.step_weights()
+    colsq = sum(wk * x.reshape(-1, x.shape[-1]).double().pow(2).sum(0) for wk, x in zip(w, seen))
+    rows = sum(wk * x.reshape(-1, x.shape[-1]).shape[0] for wk, x in zip(w, seen))
+    expected = (colsq / rows).sqrt().float()
+    assert torch.allclose(collector.stats[target.name].column_norms(), expected, rtol=1e-5)
+
+
+def test_bitmask_storage_shrinks_a_pruned_dit_and_reloads_it_exactly(flux, tmp_path):
+    pipe = copy.deepcopy(flux)
+    weights.prune(pipe, {"transformer": weights.MagnitudeConfig(sparsity=0.7),
+                         "text_encoder_2": weights.MagnitudeConfig(sparsity=0.7)})
+    dense = diffprune.save(pipe, tmp_path / "dense", weights_format="dense")
+    sparse = diffprune.save(pipe, tmp_path / "sparse", weights_format="bitmask")
+    from diffprune.measure import disk_usage
+
+    d, s = disk_usage(dense).components, disk_usage(sparse).components
+    # 70 % zeros at fp32: 0.3 x 4 + 1/8 bytes per pruned weight instead of 4; T5's dense embedding table stays
+    assert s["transformer"] < 0.5 * d["transformer"] and s["text_encoder_2"] < 0.85 * d["text_encoder_2"]
+    back = diffprune.load(sparse)
+    for name in ("transformer", "text_encoder_2"):
+        a, b = getattr(pipe, name).state_dict(), getattr(back, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bare_transformer_takes_magnitude_and_refuses_calibrated_methods(flux):
+    model = copy.deepcopy(flux.transformer)
+    result = weights.prune(model, {"transformer": weights.MagnitudeConfig(sparsity=0.3)})
+    assert result.components["transformer"].sparsity == pytest.approx(0.3, abs=1e-3)
+    with pytest.raises(diffprune.DiffpruneError, match="needs calibration through a full pipeline"):
+        weights.prune(model, {"transformer": weights.WandaConfig(sparsity=0.3)})
+
+
+def test_cli_prunes_a_dit_pipeline(tmp_path, capsys):
+    from diffprune.cli import main
+
+    out = tmp_path / "pruned"
+    assert main(["prune-weights", "random:tiny-sd3", "--transformer-sparsity", "0.5", "--text-encoder-3-sparsity",
+                 "0.5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "transformer" in text and "text_encoder_3" in text
+    back = diffprune.load(out)
+    assert _zeros(back.transformer) == pytest.approx(0.5, abs=1e-3)
