@@ -125,3 +125,18 @@ def test_cli_prunes_a_dit_pipeline(tmp_path, capsys):
     assert "transformer" in text and "text_encoder_3" in text
     back = diffprune.load(out)
     assert _zeros(back.transformer) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_semi_structured_kernels_say_clearly_when_they_cannot_run():
+    from diffprune.weights import semistructured
+
+    w = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, 4], [0, 0, 0, 1, 5, 6, 0, 0]])
+    assert semistructured.is_two_four(w) and not semistructured.is_two_four(torch.ones(2, 8))
+    ok, why = semistructured.available()
+    model = nn.Sequential(nn.Linear(64, 64))
+    if ok:  # a GPU run: the sparse weight must give the dense result and go back bit-exactly
+        pytest.skip("covered by benchmarks/dit_semistructured_speed.py on a GPU")
+    assert "GPU" in why or "capability" in why
+    with pytest.raises(diffprune.DiffpruneError, match="semi-structured"):
+        semistructured.apply(model)
+    assert semistructured.remove(model) == 0

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from diffprune.anatomy import call_options, denoiser_of, geometry
 from diffprune.errors import DiffpruneError
 from diffprune.evaluate import (EvalConfig, ShapesSuiteConfig, check_inputs, external_scorer, feature_fn,
                                 fidelity_metrics, file_prompts, generate, image_size, reading_agreement,
@@ -116,10 +117,12 @@ def _disk_bytes(pipe, has_weight_step: bool) -> int:
 
 
 def _one_image(pipe, caption: str, seed: int, config: BenchConfig):
+    size = geometry(pipe).resolution
+
     def call():
         with torch.inference_mode():
-            pipe(caption, num_inference_steps=config.steps, guidance_scale=config.guidance_scale,
-                 generator=torch.Generator().manual_seed(seed), output_type="pt")
+            pipe(caption, num_inference_steps=config.steps, guidance_scale=config.guidance_scale, height=size,
+                 width=size, generator=torch.Generator().manual_seed(seed), output_type="pt", **call_options(pipe))
     return call
 
 
@@ -171,7 +174,7 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
                                              guidance_scale=config.guidance_scale, batch_size=config.batch_size,
                                              progress=False)
             suite, memory = peak_memory(lambda: run_shapes_suite(pipe, suite_config, evaluator),
-                                        device=str(pipe.unet.device))
+                                        device=str(denoiser_of(pipe).device))
             images = suite.images
             quality = {k: v for k, v in suite.metrics.items() if k.startswith("accuracy_") or k in ("fd",)}
             readings[label] = suite.readings  # what the suite read, not read again
@@ -179,7 +182,7 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
             images, memory = peak_memory(lambda: generate(pipe, prompts, steps=config.steps,
                                                           guidance_scale=config.guidance_scale,
                                                           batch_size=config.batch_size, progress=False),
-                                        device=str(pipe.unet.device))
+                                        device=str(denoiser_of(pipe).device))
             quality = {}
         if recipe is not None:
             reference = variants[0].images
@@ -203,9 +206,9 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
     caption, seed = prompts[0].caption, prompts[0].seed
     stats = interleaved_latency({label: _one_image(p, caption, seed, config) for label, p in pipes.items()},
                                 repeats=config.latency_repeats, warmup=config.latency_warmup,
-                                device=str(base.unet.device), progress=config.progress)
+                                device=str(denoiser_of(base).device), progress=config.progress)
     for v in variants:
         v.latency_s = stats[v.name].median_s
         v.latency_ratio = stats[v.name].median_s / stats[BASELINE].median_s
     return BenchResult(source=name, config=config, testbed=testbed, captions=[p.caption for p in prompts],
-                       variants=variants, hardware=describe_hardware(str(base.unet.device)))
+                       variants=variants, hardware=describe_hardware(str(denoiser_of(base).device)))

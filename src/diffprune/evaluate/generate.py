@@ -12,13 +12,13 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from diffprune.anatomy import geometry
+from diffprune.anatomy import call_options, denoiser_of, geometry, has_unet, unet_of
 
 from .prompts import EvalPrompt
 
 
 def _initial_latents(pipe, seeds: Sequence[int], height: int, width: int) -> torch.Tensor:
-    channels = pipe.unet.config.in_channels
+    channels = unet_of(pipe, "initial latents").config.in_channels
     factor = geometry(pipe).vae_scale_factor
     shape = (1, channels, height // factor, width // factor)
     return torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
@@ -40,13 +40,17 @@ def to_pil(images: torch.Tensor) -> list:
 @torch.no_grad()
 def _generate_batch(pipe, prompts: Sequence[EvalPrompt], steps: int, guidance_scale: float,
                     resolution: int) -> torch.Tensor:
-    param = next(pipe.unet.parameters())
-    latents = _initial_latents(pipe, [p.seed for p in prompts], resolution, resolution)
-    # stochastic samplers draw fresh noise at every step: from each prompt's own generator, not the global RNG
-    generators = [torch.Generator(param.device).manual_seed(p.seed + 1) for p in prompts]
+    param = next(denoiser_of(pipe, "generation").parameters())
+    options = call_options(pipe)
+    if has_unet(pipe):
+        latents = _initial_latents(pipe, [p.seed for p in prompts], resolution, resolution)
+        options["latents"] = latents.to(param.device, param.dtype)
+        # stochastic samplers draw fresh noise at every step: from each prompt's own generator, not the global RNG
+        generators = [torch.Generator(param.device).manual_seed(p.seed + 1) for p in prompts]
+    else:  # a transformer pipeline draws (and for Flux packs) each prompt's latents from that prompt's generator
+        generators = [torch.Generator(param.device).manual_seed(p.seed) for p in prompts]
     out = pipe(prompt=[p.caption for p in prompts], num_inference_steps=steps, guidance_scale=guidance_scale,
-               height=resolution, width=resolution, latents=latents.to(param.device, param.dtype),
-               generator=generators, output_type="pt")
+               height=resolution, width=resolution, generator=generators, output_type="pt", **options)
     # 8-bit like any saved image: what users see, and a quarter of the memory to gather across processes
     return (out.images.float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 

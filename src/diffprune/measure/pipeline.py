@@ -39,11 +39,11 @@ class PipelineMeasurement:
 
     def flops_per_image(self, *, guidance: bool = True) -> int:
         """FLOPs to draw one image (``batch`` = 1): every denoiser call of the ``steps``-step schedule (twice the
-        batch with classifier-free guidance), the text encoders (the negative prompt too with guidance) and one
-        VAE decode."""
+        batch with classifier-free guidance; FLUX.1 takes its guidance as an input instead), the text encoders (the
+        negative prompt too with guidance) and one VAE decode."""
         if self.steps is None:
             raise DiffpruneError("FLOPs per image need the schedule: measure with steps=...")
-        factor = 2 if guidance else 1
+        factor = 2 if guidance and self.family != "flux" else 1  # FLUX.1 embeds its guidance: one pass per step
         calls = len(self.denoiser_tflops_per_step or []) or self.steps
         total = self.denoiser_flops.total * calls * factor
         total += sum(f.total for f in self.text_encoder_flops.values()) * factor
