@@ -140,3 +140,44 @@ def test_semi_structured_kernels_say_clearly_when_they_cannot_run():
     with pytest.raises(diffprune.DiffpruneError, match="semi-structured"):
         semistructured.apply(model)
     assert semistructured.remove(model) == 0
+
+
+def test_streamed_magnitude_pruning_matches_the_in_memory_result(tmp_path):
+    from diffprune.weights.stream import stream_prune
+
+    model = diffprune.load("random:tiny-flux", seed=5).transformer
+    model.save_pretrained(tmp_path / "dense", max_shard_size="40KB")  # several shards, read one tensor at a time
+    assert len(list((tmp_path / "dense").glob("*.safetensors"))) > 1
+    config = weights.MagnitudeConfig(sparsity=0.6)
+    result = stream_prune(str(tmp_path / "dense"), tmp_path / "streamed", config, shard_bytes=50_000)
+    assert result.shards > 1 and result.sparsity == pytest.approx(0.6, abs=1e-3)
+    expected = copy.deepcopy(model)
+    weights.prune(expected, {"transformer": config})
+    from diffusers import FluxTransformer2DModel
+
+    back, info = FluxTransformer2DModel.from_pretrained(tmp_path / "streamed", output_loading_info=True)
+    assert not any(info.values())
+    a, b = expected.state_dict(), back.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(diffprune.DiffpruneError, match="exists"):
+        stream_prune(str(tmp_path / "dense"), tmp_path / "streamed", config)
+    with pytest.raises(diffprune.DiffpruneError, match="scope 'layer'"):
+        stream_prune(str(tmp_path / "dense"), tmp_path / "g", weights.MagnitudeConfig(sparsity=0.5, scope="global"))
+
+
+def test_streamed_random_weights_are_seeded_and_load(tmp_path):
+    from diffprune.weights.stream import stream_prune
+
+    config = weights.MagnitudeConfig(sparsity=0.5, pattern="2:4")
+    one = stream_prune("random:tiny-flux", tmp_path / "a", config, dtype="bf16", seed=1)
+    two = stream_prune("random:tiny-flux", tmp_path / "b", config, dtype="bf16", seed=1)
+    assert one.sparsity == pytest.approx(0.5, abs=1e-3)
+    files = sorted(p.name for p in (tmp_path / "a").glob("*.safetensors"))
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a" / files[0]), framework="pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
+    model = diffprune.load(tmp_path / "a", dtype="bf16")
+    assert all(torch.isfinite(p.float()).all() for p in model.parameters())
+    assert _zeros(model) == pytest.approx(0.5, abs=1e-3)
