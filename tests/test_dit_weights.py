@@ -171,7 +171,7 @@ def test_streamed_random_weights_are_seeded_and_load(tmp_path):
     config = weights.MagnitudeConfig(sparsity=0.5, pattern="2:4")
     one = stream_prune("random:tiny-flux", tmp_path / "a", config, dtype="bf16", seed=1)
     two = stream_prune("random:tiny-flux", tmp_path / "b", config, dtype="bf16", seed=1)
-    assert one.sparsity == pytest.approx(0.5, abs=1e-3)
+    assert one.sparsity == two.sparsity == pytest.approx(0.5, abs=1e-3)
     files = sorted(p.name for p in (tmp_path / "a").glob("*.safetensors"))
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
     from safetensors import safe_open

@@ -165,6 +165,25 @@ def geometry(obj, *, vae_scale_factor: int | None = None, text_length: int | Non
     return Geometry(vae_scale_factor=int(vae_scale_factor), text_length=int(text_length), latent_side=int(side))
 
 
+#: a diffusion transformer's block lists -> the config key holding each one's depth
+DIT_BLOCK_LISTS = {"transformer_blocks": "num_layers", "single_transformer_blocks": "num_single_layers"}
+
+
+def dit_blocks(model) -> list[tuple[str, nn.Module, bool, str]]:
+    """``(name, block, removable, reason)`` for every block of ``model``, in forward order."""
+    out = []
+    for list_name in DIT_BLOCK_LISTS:
+        blocks = getattr(model, list_name, None)
+        if blocks is None:
+            continue
+        for i, block in enumerate(blocks):
+            removable, reason = True, ""
+            if getattr(block, "context_pre_only", False):
+                removable, reason = False, "SD3's last joint block only reads the text stream; no other block can end it"
+            out.append((f"{list_name}.{i}", block, removable, reason))
+    return out
+
+
 def tokenizer_of(pipe, component: str):
     """The tokenizer that feeds text encoder ``component`` (``text_encoder_2`` -> ``tokenizer_2``), or None."""
     return getattr(pipe, component.replace("text_encoder", "tokenizer"), None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from diffprune.errors import DiffpruneError
 
-FEATURE_KD = ("normalized", "plain", "none")
+FEATURE_KD = ("normalized", "plain", "token-normalized", "none")
 FEATURE_SITES = ("stages", "units")
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("no", "fp16", "bf16")

@@ -19,8 +19,11 @@ from pathlib import Path
 
 import torch
 
+from diffprune.anatomy import call_options, geometry, has_unet
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
+
+from .denoising import unpack
 
 
 @dataclass
@@ -74,7 +77,12 @@ def encode_images(vae, images: torch.Tensor, batch_size: int = 64) -> tuple[torc
     means, stds = [], []
     for i in range(0, len(images), batch_size):
         x = images[i:i + batch_size].to(device, dtype) * 2 - 1
-        dist = vae.encode(x).latent_dist
+        encoded = vae.encode(x)
+        dist = getattr(encoded, "latent_dist", None)
+        if dist is None:  # a deterministic autoencoder (Sana's DC-AE): the latent itself, no spread
+            means.append(encoded.latent.float().cpu())
+            stds.append(torch.zeros_like(means[-1]))
+            continue
         means.append(dist.mean.float().cpu())
         stds.append(dist.std.float().cpu())
     return torch.cat(means), torch.cat(stds)
@@ -150,14 +158,20 @@ def prompt_data(pipe, prompts: Sequence[str], *, steps: int = 20, guidance_scale
     if not prompts:
         raise DiffpruneError("no prompts to draw training latents from")
     scaling = float(pipe.vae.config.scaling_factor)
+    shift = float(pipe.vae.config.get("shift_factor") or 0.0)
+    g = geometry(pipe)
+    side = g.latent_side if has_unet(pipe) else g.resolution // g.vae_scale_factor
     latents = []
     with pipeline_bar_disabled(pipe):
         for i in range(0, len(prompts), batch_size):
             batch = prompts[i:i + batch_size]
             generators = [torch.Generator().manual_seed(seed + i + k) for k in range(len(batch))]
             out = pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale, generator=generators,
-                       output_type="latent")
-            latents.append(out.images.float().cpu() / scaling)
+                       output_type="latent", height=g.resolution, width=g.resolution, **call_options(pipe))
+            drawn = out.images.float().cpu()
+            if drawn.ndim == 3:  # Flux hands back its packed 2x2 tokens
+                drawn = unpack(drawn, side, side)
+            latents.append(drawn / scaling + shift)
     means = torch.cat(latents)
     return DistillData(means, torch.zeros_like(means), list(prompts), f"drawn by the teacher from {len(prompts)} prompts")
 

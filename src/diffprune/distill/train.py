@@ -1,4 +1,5 @@
-"""``distill(student, teacher, data, config)``: retrain a pruned pipeline's U-Net against the original's.
+"""``distill(student, teacher, data, config)``: retrain a pruned pipeline's denoiser (U-Net or diffusion
+transformer) against the original's.
 
 The student (a layer- and/or weight-pruned pipeline) learns the denoising task, the teacher's output and the
 teacher's features (see :mod:`diffprune.distill.losses`); the teacher is frozen and runs under ``no_grad`` in
@@ -25,15 +26,16 @@ from typing import ClassVar
 
 import torch
 
-from diffprune.anatomy import has_unet
+from diffprune.anatomy import denoiser_name, denoiser_of, is_pipeline, model_components
 from diffprune.errors import DiffpruneError
 from diffprune.history import history_of, record_step
 from diffprune.results import StepResult
 
 from .config import DistillConfig
 from .data import DistillData
+from .denoising import Denoising, check_trainable
 from .features import FeatureTaps, matched_sites
-from .losses import mse, normalized_feature_terms, plain_feature_terms, total_loss
+from .losses import mse, normalized_feature_terms, plain_feature_terms, token_normalized_feature_terms, total_loss
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -65,16 +67,18 @@ def check_pipelines(student, teacher=None) -> None:
     for name, pipe in (("student", student), ("teacher", teacher)):
         if pipe is None:
             continue
-        if not has_unet(pipe):
-            raise DiffpruneError(f"the {name} must be a pipeline with a UNet2DConditionModel")
-        if pipe.unet.config.get("addition_embed_type") is not None:
-            raise DiffpruneError("distilling SD-XL U-Nets (pooled text embeddings, time ids) is not supported yet; "
-                                 "SD-1.x/2.x-style pipelines are")
-    if student.unet.dtype != torch.float32:
-        raise DiffpruneError(f"the student's U-Net is in {student.unet.dtype}; train it in float32 (load it without a "
-                             "lower dtype) and use mixed_precision for speed")
-    if teacher is not None and student.unet is teacher.unet:
-        raise DiffpruneError("the student and the teacher are the same U-Net object; pass a copy as the student")
+        if not is_pipeline(pipe):
+            raise DiffpruneError(f"the {name} must be a whole pipeline (its text encoders condition the training)")
+        check_trainable(pipe)
+    if teacher is not None and type(denoiser_of(student)) is not type(denoiser_of(teacher)):
+        raise DiffpruneError(f"the student's {type(denoiser_of(student)).__name__} and the teacher's "
+                             f"{type(denoiser_of(teacher)).__name__} are different models")
+    model = denoiser_of(student)
+    if model.dtype != torch.float32:
+        raise DiffpruneError(f"the student's {denoiser_name(student)} is in {model.dtype}; train it in float32 "
+                             "(load it without a lower dtype) and use mixed_precision for speed")
+    if teacher is not None and model is denoiser_of(teacher):
+        raise DiffpruneError("the student and the teacher share one denoiser object; pass a copy as the student")
 
 
 @functools.lru_cache(maxsize=4)
@@ -97,19 +101,22 @@ def _sample(data: DistillData, config: DistillConfig, step: int, k: int, shape, 
     return index, latent_noise, noise, t, dropped
 
 
-def _encode(pipe, captions: list[str], device) -> torch.Tensor:
-    tok = pipe.tokenizer
-    ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(device)
-    with torch.no_grad():
-        return pipe.text_encoder(ids)[0]
+def _conditioning(den: Denoising, pipe, captions: list[str], empty: dict, dropped: torch.Tensor, device) -> dict:
+    """The pipeline's text conditioning of ``captions``, the empty prompt's where a caption was dropped."""
+    cond = den.encode(pipe, captions, device)
+    out = {}
+    for key, value in cond.items():
+        where = dropped.reshape(-1, *([1] * (value.ndim - 1)))
+        out[key] = torch.where(where, empty[key].expand_as(value), value)
+    return out
 
 
 def _weight_masks(student) -> dict[str, torch.Tensor]:
-    """For a weight-pruned U-Net (its history says so): where its matrices are zero, to keep them zero."""
-    if not any(s.get("step") == "prune-weights" and s.get("component") == "unet" for s in history_of(student)):
+    """For a weight-pruned denoiser (its history says so): where its matrices are zero, to keep them zero."""
+    name = denoiser_name(student)
+    if not any(s.get("step") == "prune-weights" and s.get("component") == name for s in history_of(student)):
         return {}
-    return {n: p.detach() == 0 for n, p in student.unet.named_parameters() if p.dim() >= 2 and (p == 0).any()}
+    return {n: p.detach() == 0 for n, p in denoiser_of(student).named_parameters() if p.dim() >= 2 and (p == 0).any()}
 
 
 def _resume_folder(work: Path, resume: str) -> Path:
@@ -130,7 +137,7 @@ def _checkpoints(work_dir: Path) -> list[Path]:
 def distill(student, teacher, data: DistillData, config: DistillConfig | None = None, *,
             work_dir: str | Path | None = None, resume: str | None = None, progress: bool = True,
             stop_after: int | None = None) -> DistillResult:
-    """Retrain ``student.unet`` in place (see the module docstring) and record the step in its history.
+    """Retrain the student's denoiser in place (see the module docstring) and record the step in its history.
 
     ``work_dir``: where the log (``log.jsonl``) and checkpoints go (none without it). ``resume``: ``"latest"`` or a
     checkpoint folder. ``stop_after``: stop (after checkpointing) once this step is done, as an interruption would.
@@ -162,20 +169,24 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
         raise DiffpruneError(f"batch_size {config.batch_size} does not split into {world} processes x "
                              f"{config.gradient_accumulation} accumulation steps")
     start_time = time.perf_counter()
-    unet, t_unet = student.unet, teacher.unet
+    unet, t_unet = denoiser_of(student), denoiser_of(teacher)
+    den = Denoising.of(student)
     use_features = config.feature_kd != "none" and config.lambda_feat > 0
-    sites = matched_sites(unet, t_unet, config.features) if use_features else []
+    pairs = matched_sites(unet, t_unet, config.features, history_of(student)) if use_features else []
+    sites = [s for s, _ in pairs]
     needs_teacher = config.lambda_out > 0 or use_features
     noise_sched = DDPMScheduler.from_config(teacher.scheduler.config)
-    v_prediction = noise_sched.config.prediction_type == "v_prediction"
+    num_train_timesteps = int(teacher.scheduler.config.get("num_train_timesteps") or 1000)
+    encoders = [m for pipe in (student, teacher) for n, m in model_components(pipe).items()
+                if n.startswith("text_encoder")]
     # where everything is now: the caller's pipelines are put back there however the run ends
-    places = [(m, m.device, m.dtype) for m in (student.text_encoder, teacher.text_encoder, t_unet, unet)]
+    places = [(m, m.device, m.dtype) for m in (*encoders, t_unet, unet)]
     s_taps = t_taps = None
     try:
-        s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, sites)
+        s_taps, t_taps = FeatureTaps(unet, sites), FeatureTaps(t_unet, [t for _, t in pairs])
         masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
-        for pipe in (student, teacher):
-            pipe.text_encoder.to(device).eval().requires_grad_(False)
+        for encoder in encoders:
+            encoder.to(device).eval().requires_grad_(False)
         if config.teacher_dtype is not None and _DTYPES[config.teacher_dtype] != t_unet.dtype:
             t_unet.to(_DTYPES[config.teacher_dtype])
         t_unet.to(device).eval().requires_grad_(False)
@@ -203,8 +214,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
                 ema.to(device)  # accelerate restores custom state on the CPU
             state = json.loads((resume_from / "diffprune-step.json").read_text())
             start, log = state["step"], state["log"]
-        scaling = float(teacher.vae.config.scaling_factor)
-        empty = {"student": _encode(student, [""], device), "teacher": _encode(teacher, [""], device)}
+        empty = {"student": den.encode(student, [""], device), "teacher": den.encode(teacher, [""], device)}
         shape = tuple(data.means.shape[1:])
         mine = range(rank * per_process * config.gradient_accumulation, (rank + 1) * per_process * config.gradient_accumulation)
         bar = tqdm(range(start, config.steps), desc="distill", disable=not (progress and accelerator.is_main_process))
@@ -213,33 +223,32 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
             terms_sum: dict[str, float] = {}
             for micro in range(config.gradient_accumulation):
                 ks = list(mine)[micro * per_process:(micro + 1) * per_process]
-                draws = [_sample(data, config, step, k, shape, noise_sched.config.num_train_timesteps) for k in ks]
+                draws = [_sample(data, config, step, k, shape, num_train_timesteps) for k in ks]
                 idx = torch.tensor([d[0] for d in draws])
-                z = (data.means[idx] + data.stds[idx] * torch.stack([d[1] for d in draws])) * scaling
+                z = den.latents(teacher, data.means[idx] + data.stds[idx] * torch.stack([d[1] for d in draws]))
                 noise = torch.stack([d[2] for d in draws])
                 t = torch.tensor([d[3] for d in draws])
                 dropped = torch.tensor([d[4] for d in draws], device=device)
                 captions = [data.captions[i] for i in idx.tolist()]
                 z, noise, t = z.to(device), noise.to(device), t.to(device)
-                noisy = noise_sched.add_noise(z, noise, t)
-                target = noise_sched.get_velocity(z, noise, t) if v_prediction else noise
-                hidden = {}
-                for name, pipe in (("student", student), ("teacher", teacher)):
-                    h = _encode(pipe, captions, device)
-                    hidden[name] = torch.where(dropped[:, None, None], empty[name].expand_as(h), h)
+                noisy, t_in, target = den.noise(noise_sched, z, noise, t, num_train_timesteps)
+                hidden = {name: _conditioning(den, pipe, captions, empty[name], dropped, device)
+                          for name, pipe in (("student", student), ("teacher", teacher))}
                 t_out, t_feats = None, []
                 if needs_teacher:  # task-only training is plain fine-tuning: no teacher forward
                     with torch.no_grad():
-                        t_out = t_unet(noisy.to(t_unet.dtype), t, hidden["teacher"].to(t_unet.dtype)).sample.float()
+                        t_out = den.forward(t_unet, noisy, t_in, hidden["teacher"])
                         t_feats = t_taps.take() if sites else []
                 sync = micro == config.gradient_accumulation - 1
                 with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                    s_out = model(noisy, t, hidden["student"]).sample.float()
+                    s_out = den.forward(model, noisy, t_in, hidden["student"])
                     s_feats = s_taps.take() if sites else []
                     task = mse(s_out, target)
                     out_kd = mse(s_out, t_out) if t_out is not None else torch.zeros((), device=device)
                     if config.feature_kd == "normalized":
                         feats = normalized_feature_terms(s_feats, t_feats, config.norm_power)
+                    elif config.feature_kd == "token-normalized":
+                        feats = token_normalized_feature_terms(s_feats, t_feats)
                     elif config.feature_kd == "plain":
                         feats = plain_feature_terms(s_feats, t_feats)
                     else:
@@ -281,7 +290,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
         for taps in (s_taps, t_taps):
             if taps is not None:
                 taps.remove()
-        for module, where, dtype in places[:3]:  # text encoders and the teacher, as they were
+        for module, where, dtype in places[:-1]:  # text encoders and the teacher, as they were
             module.to(where)
             if module.dtype != dtype:
                 module.to(dtype)
@@ -290,8 +299,8 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
         ema.copy_to(params)
     if config.gradient_checkpointing:
         trained.disable_gradient_checkpointing()
-    trained.eval().requires_grad_(False).to(places[3][1])
-    student.unet = trained
+    trained.eval().requires_grad_(False).to(places[-1][1])
+    setattr(student, denoiser_name(student), trained)
     result = DistillResult(steps=config.steps, sites=sites, log=log,
                            seconds=round(time.perf_counter() - start_time, 3))
     if work is not None and accelerator.is_main_process:

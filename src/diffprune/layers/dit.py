@@ -15,12 +15,9 @@ from contextlib import contextmanager
 
 from torch import nn
 
+from diffprune.anatomy import DIT_BLOCK_LISTS as BLOCK_LISTS
 from diffprune.anatomy import is_transformer
 from diffprune.errors import DiffpruneError
-
-#: block list -> config key of its depth
-BLOCK_LISTS = {"transformer_blocks": "num_layers", "single_transformer_blocks": "num_single_layers"}
-
 
 def block_kind(model, list_name: str) -> str:
     name = type(model).__name__
@@ -28,21 +25,6 @@ def block_kind(model, list_name: str) -> str:
         return "single" if list_name == "single_transformer_blocks" else "double"
     return {"SD3Transformer2DModel": "joint", "PixArtTransformer2DModel": "block",
             "SanaTransformer2DModel": "block"}.get(name, "block")
-
-
-def dit_blocks(model) -> list[tuple[str, nn.Module, bool, str]]:
-    """``(name, block, removable, reason)`` for every block of ``model``, in forward order."""
-    out = []
-    for list_name in BLOCK_LISTS:
-        blocks = getattr(model, list_name, None)
-        if blocks is None:
-            continue
-        for i, block in enumerate(blocks):
-            removable, reason = True, ""
-            if getattr(block, "context_pre_only", False):
-                removable, reason = False, "SD3's last joint block only reads the text stream; no other block can end it"
-            out.append((f"{list_name}.{i}", block, removable, reason))
-    return out
 
 
 def _split(name: str) -> tuple[str, int]:

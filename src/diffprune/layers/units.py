@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from diffprune.anatomy import geometry, is_transformer
+from diffprune.anatomy import dit_blocks, geometry, is_transformer
 from diffprune.errors import DiffpruneError
 
-from .dit import block_kind, dit_blocks
+from .dit import block_kind
 from .standins import is_skipped
 
 GRANULARITIES = ("block", "layer")

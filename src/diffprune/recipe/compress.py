@@ -63,8 +63,8 @@ def check(pipe, recipe: Recipe, *, work_dir=None) -> None:
         raise DiffpruneError(f"compress works on a whole pipeline (calibration samples through it), got "
                              f"{describe_kind(pipe)}; for a bare module use the family functions "
                              "(diffprune.weights.prune, diffprune.layers.prune, diffprune.tokens.prune)")
-    if not has_unet(pipe) and (recipe.tokens is not None or recipe.distill is not None):
-        raise DiffpruneError("distillation and token pruning need a pipeline with a UNet2DConditionModel")
+    if not has_unet(pipe) and recipe.tokens is not None:
+        raise DiffpruneError("token pruning needs a pipeline with a UNet2DConditionModel")
     if not has_unet(pipe) and recipe.layers is not None and recipe.layers.preset is not None:
         raise DiffpruneError(f"layer-pruning presets (BK-SDM) are U-Net architectures; this pipeline has "
                              f"{describe_kind(pipe).split(' with ', 1)[-1]}: prune its blocks by a criterion "

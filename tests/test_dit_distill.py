@@ -1,0 +1,94 @@
+"""Distillation of block-pruned diffusion transformers: each family's conditioning, noising and call, features
+matched to the teacher's blocks they came from, and PPCL's token-normalised alignment loss."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import diffprune
+from diffprune import layers
+from diffprune.distill import DistillConfig, distill, matched_sites, shapes_data
+from diffprune.distill.denoising import Denoising, pack, unpack
+from diffprune.distill.losses import token_normalized_feature_terms
+
+
+def _pipe(name: str):
+    pipe = diffprune.load(f"random:{name}", seed=0)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_flux_packing_round_trips_and_matches_the_pipeline():
+    from diffusers import FluxPipeline
+
+    x = torch.randn(2, 4, 8, 6)
+    assert torch.equal(unpack(pack(x), 8, 6), x)
+    # diffusers' own packing of the same latents (its static helper), as sampling feeds the transformer
+    assert torch.equal(pack(x), FluxPipeline._pack_latents(x, 2, 4, 8, 6))
+
+
+def test_token_normalised_loss_by_hand():
+    s, t = torch.tensor([[[1.0, 0.0], [0.0, 3.0]]]), torch.tensor([[[2.0, 0.0], [0.0, 1.0]]])
+    # token 1: |(1,0)-(2,0)|^2 / |(2,0)|^2 = 1/4; token 2: |(0,3)-(0,1)|^2 / 1 = 4; mean 2.125
+    assert float(token_normalized_feature_terms([s], [t])[0]) == pytest.approx(2.125, rel=1e-5)
+    maps = torch.randn(2, 3, 4, 4)
+    tokens = maps.flatten(2).transpose(1, 2)
+    a = token_normalized_feature_terms([maps], [maps * 2])[0]
+    b = token_normalized_feature_terms([tokens], [tokens * 2])[0]
+    assert float(a) == pytest.approx(float(b)) == pytest.approx(0.25, rel=1e-4)
+
+
+def test_pruned_blocks_match_the_teacher_blocks_they_came_from():
+    teacher = _pipe("tiny-flux")
+    student = copy.deepcopy(teacher)
+    layers.prune(student, layers.LayerPruningConfig(ratio=0.2, criterion="random", seed=3))
+    removed = student._diffprune["history"][-1]["removed"]
+    pairs = matched_sites(student.transformer, teacher.transformer, "stages", student._diffprune["history"])
+    kept = {"transformer_blocks": [i for i in range(2) if f"transformer_blocks.{i}" not in removed],
+            "single_transformer_blocks": [i for i in range(3) if f"single_transformer_blocks.{i}" not in removed]}
+    expected = [(f"{k}.{new}", f"{k}.{old}") for k, v in kept.items() for new, old in enumerate(v)]
+    assert pairs == expected and len(pairs) < 5
+    for s, t in pairs:  # the student's block is the teacher's, renumbered
+        a = student.transformer.get_submodule(s).state_dict()
+        b = teacher.transformer.get_submodule(t).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name", ["tiny-pixart", "tiny-sd3", "tiny-flux", "tiny-sana"])
+@pytest.mark.parametrize("feature_kd", ["normalized", "token-normalized"])
+def test_distilling_a_block_pruned_transformer(name, feature_kd):
+    teacher = _pipe(name)
+    student = copy.deepcopy(teacher)
+    layers.prune(student, layers.LayerPruningConfig(ratio=0.2, criterion="magnitude"))
+    before = {k: v.clone() for k, v in student.transformer.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.transformer.state_dict().items()}
+    data = shapes_data(teacher, n=8, seed=0)
+    config = DistillConfig(steps=3, batch_size=4, lr=1e-3, feature_kd=feature_kd, warmup_steps=0, log_every=1)
+    result = distill(student, teacher, data, config, progress=False)
+    assert len(result.log) == 3 and result.sites
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in result.log)
+    assert all(e["output_kd"] > 0 and any(k.startswith("feat/") for k in e) for e in result.log)
+    after = student.transformer.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.transformer.state_dict().items())
+    assert student._diffprune["history"][-1]["step"] == "distill"
+
+
+@pytest.mark.parametrize("name,flow", [("tiny-sd3", True), ("tiny-pixart", False), ("tiny-sana", True)])
+def test_the_task_target_is_the_family_s_own(name, flow):
+    pipe = _pipe(name)
+    den = Denoising.of(pipe)
+    assert den.flow == flow
+    x0, noise = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler.from_config(pipe.scheduler.config)
+    noisy, t_in, target = den.noise(sched, x0, noise, torch.tensor([0, 500]), 1000)
+    if flow:  # x_s = (1 - s) x0 + s noise, target noise - x0, timestep 1000 s
+        assert torch.allclose(noisy[1], 0.5 * x0[1] + 0.5 * noise[1]) and torch.equal(noisy[0], x0[0])
+        assert torch.equal(target, noise - x0) and t_in.tolist() == [0.0, 500.0]
+    else:
+        assert torch.equal(noisy, sched.add_noise(x0, noise, torch.tensor([0, 500])))
