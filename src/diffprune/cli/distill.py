@@ -1,4 +1,4 @@
-"""The ``distill`` command: retrain a pruned pipeline's U-Net against the original. Parsing and printing only;
+"""The ``distill`` command: retrain a pruned pipeline's denoiser (U-Net or transformer) against the original. Parsing and printing only;
 :mod:`diffprune.distill` does the work. Runs as one process, or under ``accelerate launch`` / ``torchrun``
 (``python -m diffprune.cli distill ...``) as several; only the main process writes.
 
@@ -22,7 +22,7 @@ _MARKER = "diffprune-run.json"
 def add_commands(sub) -> None:
     from diffprune.distill.config import FEATURE_KD, FEATURE_SITES, OPTIMIZERS, PRECISIONS, SCHEDULES
 
-    p = sub.add_parser("distill", help="retrain a pruned U-Net by distillation from the original (accelerate)")
+    p = sub.add_parser("distill", help="retrain a pruned U-Net or transformer by distillation from the original (accelerate)")
     add_source_options(p)
     p.add_argument("--teacher", required=True, metavar="SOURCE", help="the uncompressed pipeline")
     p.add_argument("--data", required=True, metavar="SPEC",
