@@ -1,6 +1,7 @@
-"""The ``distill`` command: retrain a pruned pipeline's denoiser (U-Net or transformer) against the original. Parsing and printing only;
-:mod:`diffprune.distill` does the work. Runs as one process, or under ``accelerate launch`` / ``torchrun``
-(``python -m diffprune.cli distill ...``) as several; only the main process writes.
+"""The ``distill`` command: retrain a pruned pipeline's denoiser (U-Net or transformer) against the original.
+Parsing and printing only; :mod:`diffprune.distill` does the work. Runs as one process, or under
+``accelerate launch`` / ``torchrun`` (``python -m diffprune.cli distill ...``) as several; only the main process
+writes.
 
 Outputs: ``--out DIR`` is the distilled pipeline (``diffprune.load`` and stock diffusers open it). The run's
 state lives in ``--work DIR`` (default ``<out>-work``): checkpoints, the latent cache, ``log.jsonl`` /
