@@ -208,7 +208,11 @@ def text_lengths(pipe) -> dict[str, int]:
 
 
 def call_options(pipe) -> dict:
-    """Keyword arguments every diffprune call of ``pipe`` adds so that it draws exactly the size asked for:
-    PixArt and Sana would otherwise snap the size to their aspect-ratio bins."""
+    """Keyword arguments every diffprune call of ``pipe`` adds: PixArt and Sana would otherwise snap the size to
+    their aspect-ratio bins (the size asked for is drawn exactly), and clean captions with optional libraries
+    (bs4, ftfy; the prompts are used as given)."""
     params = inspect.signature(type(pipe).__call__).parameters
-    return {"use_resolution_binning": False} if "use_resolution_binning" in params else {}
+    options = {"use_resolution_binning": False} if "use_resolution_binning" in params else {}
+    if "clean_caption" in params:
+        options["clean_caption"] = False
+    return options
