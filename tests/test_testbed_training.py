@@ -68,3 +68,25 @@ def test_an_interrupted_run_resumes_bit_identically(tmp_path):
         train(tmp_path / "c", cfg, stop_after=("diffusion", 2))
     with pytest.raises(ValueError, match="another configuration"):
         train(tmp_path / "c", other, resume=True)
+
+
+@pytest.mark.slow
+def test_dit_testbed_trains_resumes_bit_identically_and_loads(tmp_path, monkeypatch):
+    import diffprune
+    from diffprune.testbed.checkpoint import TrainingInterrupted
+    from diffprune.testbed.train_dit import DitTrainConfig, train_dit
+
+    cfg = DitTrainConfig.quick()
+    train_dit(tmp_path / "whole", cfg)
+    with pytest.raises(TrainingInterrupted):
+        train_dit(tmp_path / "resumed", cfg, stop_after=("diffusion", 4))
+    train_dit(tmp_path / "resumed", cfg, resume=True)
+    digest = lambda folder: {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                             for p in sorted((folder / "pipeline").rglob("*.safetensors"))}
+    assert digest(tmp_path / "resumed") == digest(tmp_path / "whole") and len(digest(tmp_path / "whole")) == 3
+    monkeypatch.setenv("DIFFPRUNE_TESTBED_DIT", str(tmp_path / "whole"))
+    pipe = diffprune.load("shapes-dit")
+    assert type(pipe).__name__ == "PixArtSigmaPipeline" and pipe.vae_scale_factor == 4
+    from diffusers import PixArtSigmaPipeline
+
+    PixArtSigmaPipeline.from_pretrained(tmp_path / "whole" / "pipeline")  # stock diffusers loads the folder

@@ -349,10 +349,11 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     dtype = parse_dtype(dtype)
     device = parse_device(device)
     text = str(source)
-    if text == "shapes":  # the trained testbed shipped with diffprune (fp16 on disk, fp32 by default)
-        from diffprune.testbed.assets import testbed_folder
+    if text in ("shapes", "shapes-dit"):  # the trained testbeds shipped with diffprune (fp16 on disk, fp32 default)
+        from diffprune.testbed.assets import dit_testbed_folder, testbed_folder
 
-        pipe = _load_pipeline_folder(testbed_folder(), dtype or torch.float32)
+        folder = testbed_folder() if text == "shapes" else dit_testbed_folder()
+        pipe = _load_pipeline_folder(folder, dtype or torch.float32)
         return _finish(pipe, source=text, component=component, device=device)
     if text.startswith("random:"):
         pipe = archs.build_pipeline(text.split(":", 1)[1], device=device or "cpu", dtype=dtype, seed=seed)

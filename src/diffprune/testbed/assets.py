@@ -16,6 +16,7 @@ RETRAIN_HINT = "retrain them with: python -m diffprune.testbed.train --out DIR"
 
 
 ENV_VAR = "DIFFPRUNE_TESTBED"
+DIT_ENV_VAR = "DIFFPRUNE_TESTBED_DIT"
 
 
 def weights_dir() -> Path:
@@ -29,6 +30,17 @@ def testbed_folder() -> Path:
     folder = weights_dir() / "pipeline"
     if not (folder / "model_index.json").is_file():
         raise DiffpruneError(f"the shapes testbed weights are missing from {folder}; {RETRAIN_HINT}")
+    return folder
+
+
+def dit_testbed_folder() -> Path:
+    """The DiT shapes pipeline folder (``PixArtSigmaPipeline`` layout, fp16 weights): ``dit/pipeline`` of the
+    weights folder, or ``pipeline/`` of ``$DIFFPRUNE_TESTBED_DIT`` (an output folder of ``train_dit``)."""
+    override = os.environ.get(DIT_ENV_VAR)
+    folder = (Path(override).expanduser() if override else WEIGHTS_DIR / "dit") / "pipeline"
+    if not (folder / "model_index.json").is_file():
+        raise DiffpruneError(f"the shapes-dit testbed weights are missing from {folder}; train them with: "
+                             "python -m diffprune.testbed.train_dit --out DIR")
     return folder
 
 

@@ -74,7 +74,7 @@ class TrainConfig:
                    unet_steps=10, warmup_steps=2, curriculum_steps=3)
 
 
-def _lr_lambda(warmup: int, total: int):
+def lr_lambda(warmup: int, total: int):
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -91,7 +91,7 @@ def train_evaluator(cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: tor
     torch.manual_seed(cfg.seed + 2)
     model = ShapesEvaluator().to(device)
     opt = torch.optim.AdamW(model.parameters(), cfg.evaluator_lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.evaluator_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(100, cfg.evaluator_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     batches = Batches(len(items), cfg.evaluator_batch, gen)
     objects = {"model": model, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
@@ -113,7 +113,7 @@ def train_evaluator(cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: tor
 def train_vae(vae, images: torch.Tensor, cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: torch.device):
     vae.to(device)
     opt = torch.optim.AdamW(vae.parameters(), cfg.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(100, cfg.vae_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(100, cfg.vae_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 4)
     batches = Batches(len(images), cfg.vae_batch, gen)
     objects = {"vae": vae, "opt": opt, "sched": sched, "gen": gen, "batches": batches}
@@ -147,7 +147,7 @@ def encode_latents(vae, images: torch.Tensor, batch: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
-def _param_groups(unet, text_encoder, matrices_only: bool, weight_decay: float = 1e-2) -> list[dict]:
+def param_groups(unet, text_encoder, matrices_only: bool, weight_decay: float = 1e-2) -> list[dict]:
     named = list(unet.named_parameters()) + list(text_encoder.named_parameters())
     if not matrices_only:
         return [{"params": [p for _, p in named], "weight_decay": weight_decay}]
@@ -156,16 +156,36 @@ def _param_groups(unet, text_encoder, matrices_only: bool, weight_decay: float =
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": kept, "weight_decay": 0.0}]
 
 
+def noise_schedule(zero_terminal_snr: bool = True):
+    """The training noise schedule: SD's scaled-linear betas, rescaled to zero terminal SNR with v-prediction
+    (or plain, with epsilon)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                         num_train_timesteps=1000, clip_sample=False, steps_offset=1,
+                         prediction_type="v_prediction" if zero_terminal_snr else "epsilon",
+                         **({"rescale_betas_zero_snr": True} if zero_terminal_snr else {}))
+
+
+def timesteps_for(step: int, n: int, gen: torch.Generator, *, high_share: float, high_from: int,
+                  curriculum_steps: int, curriculum_from: int) -> torch.Tensor:
+    """The ``n`` training timesteps of ``step``: uniform, a ``high_share`` of them from ``[high_from, 1000)``, and
+    all from ``[curriculum_from, 1000)`` during the first ``curriculum_steps`` steps (draws in this order)."""
+    t = torch.randint(0, 1000, (n,), generator=gen)
+    if high_share > 0:
+        high = torch.rand(n, generator=gen) < high_share
+        t = torch.where(high, torch.randint(high_from, 1000, (n,), generator=gen), t)
+    if step < curriculum_steps:
+        t = torch.randint(curriculum_from, 1000, (n,), generator=gen)
+    return t
+
+
 def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, stds, scaling: float,
                     cfg: TrainConfig, log: dict, ckpt: Checkpointer, device: torch.device):
-    from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
 
     zero_snr = cfg.zero_terminal_snr
-    noise_sched = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                num_train_timesteps=1000, clip_sample=False, steps_offset=1,
-                                prediction_type="v_prediction" if zero_snr else "epsilon",
-                                **({"rescale_betas_zero_snr": True} if zero_snr else {}))
+    noise_sched = noise_schedule(zero_snr)
     tok = lambda texts: tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length,  # noqa: E731
                                   truncation=True, return_tensors="pt").input_ids
     ids, empty = tok(captions), tok([""])[0]
@@ -173,9 +193,9 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     text_encoder.to(device)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = EMAModel(params, use_ema_warmup=True, power=cfg.ema_power)
-    opt = torch.optim.AdamW(_param_groups(unet, text_encoder, cfg.decay_matrices_only), cfg.unet_lr)
+    opt = torch.optim.AdamW(param_groups(unet, text_encoder, cfg.decay_matrices_only), cfg.unet_lr)
     snr = noise_sched.alphas_cumprod / (1 - noise_sched.alphas_cumprod)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.unet_steps))
     gen = torch.Generator().manual_seed(cfg.seed + 5)
     batches = Batches(len(captions), cfg.unet_batch, gen)
     objects = {"unet": unet, "text_encoder": text_encoder, "opt": opt, "sched": sched, "ema": ema, "gen": gen,
@@ -190,13 +210,8 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         # random draws on the CPU generator, then moved: the same data on every device
         z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
         noise = torch.randn(z.shape, generator=gen).to(device)
-        t = torch.randint(0, 1000, (len(idx),), generator=gen)
-        if cfg.high_noise_share > 0:
-            high = torch.rand(len(idx), generator=gen) < cfg.high_noise_share
-            t = torch.where(high, torch.randint(cfg.high_noise_from, 1000, (len(idx),), generator=gen), t)
-        if step < cfg.curriculum_steps:
-            t = torch.randint(cfg.curriculum_from, 1000, (len(idx),), generator=gen)
-        t = t.to(device)
+        t = timesteps_for(step, len(idx), gen, high_share=cfg.high_noise_share, high_from=cfg.high_noise_from,
+                          curriculum_steps=cfg.curriculum_steps, curriculum_from=cfg.curriculum_from).to(device)
         batch_ids = ids[idx].clone()
         dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
         batch_ids[dropped] = empty
@@ -258,7 +273,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     out.mkdir(parents=True, exist_ok=True)
     ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
     log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
-                             "threads": torch.get_num_threads(), "device": _device_name(dev), "seconds": {}}
+                             "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
     if log["config"] != asdict(cfg):
         raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
 
@@ -315,9 +330,9 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     return out
 
 
-def _device_name(device: torch.device) -> str:
+def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

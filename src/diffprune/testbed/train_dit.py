@@ -1,0 +1,185 @@
+"""Train the DiT shapes testbed: a PixArt-style transformer and its text encoder, on the U-Net testbed's world,
+VAE and evaluator.
+
+One seeded command::
+
+    python -m diffprune.testbed.train_dit --out runs/shapes-dit
+
+reads the evaluator and the VAE of the shapes testbed (the committed one, or ``$DIFFPRUNE_TESTBED``), renders the
+same training split, and trains text encoder and transformer jointly with the U-Net testbed's recipe: v-prediction
+on a zero-terminal-SNR schedule, a high-noise curriculum, then half of each batch's timesteps from the high-noise
+range, AdamW with warm-up and cosine decay, caption dropout, EMA. It writes ``pipeline/`` (a stock
+``PixArtSigmaPipeline`` folder, fp16 weights), ``evaluator.safetensors`` (a copy, so ``DIFFPRUNE_TESTBED`` can
+point at the folder) and ``training.json``. Checkpoints every few minutes; ``--resume`` continues bit-identically
+on the same machine kind; ``--device cuda`` trains on a GPU; ``--quick`` checks the mechanics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .assets import evaluator_weights, testbed_folder
+from .checkpoint import Batches, Checkpointer, capture
+from .data import render_images, sample_scenes
+from .dit import PIPELINE_TEXT_LENGTH, DitArch, build_dit_models, dit_forward
+from .models import sampling_scheduler
+from .train import device_name, encode_latents, lr_lambda, noise_schedule, param_groups, timesteps_for
+
+
+@dataclass
+class DitTrainConfig:
+    seed: int = 0
+    arch: DitArch = field(default_factory=DitArch)
+    two_object_prob: float = 0.4
+    images: int = 30_000
+    steps: int = 9_000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 200
+    caption_dropout: float = 0.1
+    ema_power: float = 2 / 3
+    high_noise_share: float = 0.5
+    high_noise_from: int = 600
+    curriculum_steps: int = 800
+    curriculum_from: int = 900
+
+    @classmethod
+    def quick(cls) -> "DitTrainConfig":
+        return cls(images=256, steps=10, warmup_steps=2, curriculum_steps=3)
+
+
+def train_transformer(tokenizer, text_encoder, transformer, captions: list[str], means, stds, scaling: float,
+                      cfg: DitTrainConfig, log: dict, ckpt: Checkpointer, device: torch.device):
+    from diffusers.training_utils import EMAModel
+
+    noise_sched = noise_schedule(zero_terminal_snr=True)
+    encoded = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt")
+    empty = tokenizer([""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+    transformer.to(device)
+    text_encoder.to(device)
+    params = list(transformer.parameters()) + list(text_encoder.parameters())
+    ema = EMAModel(params, use_ema_warmup=True, power=cfg.ema_power)
+    opt = torch.optim.AdamW(param_groups(transformer, text_encoder, True), cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.warmup_steps, cfg.steps))
+    gen = torch.Generator().manual_seed(cfg.seed + 5)
+    batches = Batches(len(captions), cfg.batch, gen)
+    objects = {"transformer": transformer, "text_encoder": text_encoder, "opt": opt, "sched": sched, "ema": ema,
+               "gen": gen, "batches": batches}
+    start, losses = ckpt.resume("diffusion", objects)
+    transformer.train()
+    text_encoder.train()
+    bar = tqdm(range(start, cfg.steps), desc="text encoder + transformer", mininterval=5)
+    for step in bar:
+        idx = next(batches)
+        z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
+        noise = torch.randn(z.shape, generator=gen).to(device)
+        t = timesteps_for(step, len(idx), gen, high_share=cfg.high_noise_share, high_from=cfg.high_noise_from,
+                          curriculum_steps=cfg.curriculum_steps, curriculum_from=cfg.curriculum_from).to(device)
+        ids, mask = encoded.input_ids[idx].clone(), encoded.attention_mask[idx].clone()
+        dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
+        ids[dropped], mask[dropped] = empty.input_ids[0], empty.attention_mask[0]
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = text_encoder(ids, attention_mask=mask)[0]
+        pred = dit_forward(transformer, noise_sched.add_noise(z, noise, t), t, hidden, mask)
+        loss = (pred - noise_sched.get_velocity(z, noise, t)).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.step(params)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        ckpt.after_step("diffusion", step + 1, lambda: capture(step + 1, losses, objects), log)
+    ema.copy_to(params)
+    transformer.cpu()
+    text_encoder.cpu()
+    log["diffusion_loss_last200"] = sum(losses[-200:]) / len(losses[-200:])
+    log["diffusion_loss_curve"] = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
+                                   for i in range(0, len(losses), 100)]
+    return noise_sched
+
+
+def train_dit(out_dir: str | Path, cfg: DitTrainConfig | None = None, *, resume: bool = False,
+              checkpoint_minutes: float = 5.0, device: str = "cpu",
+              stop_after: tuple[str, int] | None = None) -> Path:
+    """Train the DiT testbed into ``out_dir`` (see the module docstring)."""
+    from diffusers import AutoencoderKL, PixArtSigmaPipeline
+
+    cfg = cfg or DitTrainConfig()
+    dev = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
+    log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
+                             "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
+    if log["config"] != asdict(cfg):
+        raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+    base = testbed_folder()  # the U-Net testbed: its VAE (and evaluator) are shared
+    vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
+    log["base_testbed"] = str(base)
+    ckpt.begin("latents")
+    items = sample_scenes(cfg.images, cfg.seed + 6, "train", cfg.two_object_prob)
+    captions = [scene.caption for scene, _ in items]
+    with torch.no_grad():
+        means, stds = encode_latents(vae, render_images(items))
+    scaling = float(vae.config.scaling_factor)
+    log["seconds"]["latents"] = round(ckpt.seconds("latents"), 1)
+
+    ckpt.begin("diffusion")
+    tokenizer, text_encoder, transformer = build_dit_models(cfg.arch, seed=cfg.seed + 7)
+    torch.manual_seed(cfg.seed + 9)
+    noise_sched = train_transformer(tokenizer, text_encoder, transformer, captions, means, stds, scaling, cfg, log,
+                                    ckpt, dev)
+    log["seconds"]["diffusion"] = round(ckpt.seconds("diffusion"), 1)
+    tokenizer.model_max_length = PIPELINE_TEXT_LENGTH  # what the pipeline pads to
+    pipe = PixArtSigmaPipeline(tokenizer=tokenizer, text_encoder=text_encoder.eval(), vae=vae,
+                               transformer=transformer.eval(), scheduler=sampling_scheduler(noise_sched.config))
+    pipe.to(torch.float16).save_pretrained(out / "pipeline")
+    shutil.copyfile(evaluator_weights(), out / "evaluator.safetensors")
+    log["transformer_params"] = sum(p.numel() for p in transformer.parameters())
+    log["seconds"]["total"] = round(sum(log["seconds"].values()), 1)
+    (out / "training.json").write_text(json.dumps(log, indent=2) + "\n")
+    ckpt.remove()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train_dit",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder to write the trained DiT testbed to")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a few steps, to check the mechanics")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (5)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    parser.add_argument("--steps", type=int, help="training steps (default 9000)")
+    parser.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    parser.add_argument("--width", type=int, help="transformer width (default 128)")
+    parser.add_argument("--layers", type=int, help="transformer blocks (default 8)")
+    parser.add_argument("--patch-size", type=int, choices=[1, 2], help="latent patch side (default 2: 64 tokens)")
+    args = parser.parse_args(argv)
+    cfg = DitTrainConfig.quick() if args.quick else DitTrainConfig()
+    cfg.seed = args.seed
+    for name in ("steps", "lr"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    for name, key in (("width", "width"), ("layers", "layers"), ("patch_size", "patch_size")):
+        if getattr(args, name) is not None:
+            setattr(cfg.arch, key, getattr(args, name))
+    out = train_dit(args.out, cfg, resume=args.resume, checkpoint_minutes=args.checkpoint_minutes,
+                    device=args.device)
+    print(json.dumps(json.loads((out / "training.json").read_text())["seconds"]))
+
+
+if __name__ == "__main__":
+    main()
