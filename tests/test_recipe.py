@@ -125,7 +125,7 @@ def test_save_then_load_of_a_composed_pipeline_draws_the_same_images(shapes, tmp
 def test_the_shipped_recipes_load_and_hold_their_published_settings():
     from diffprune.recipe import example_recipes, load_recipe
 
-    assert set(example_recipes()) == {"sd2-study", "laptop-50", "atedm", "stack"}
+    assert set(example_recipes()) == {"sd2-study", "laptop-50", "atedm", "stack", "dit-half"}
     sd2 = load_recipe("sd2-study")
     assert (sd2.weights["text_encoder"].sparsity, sd2.weights["unet"].sparsity) == (0.475, 0.35)
     assert load_recipe("laptop-50").layers == LayerStep(ratio=0.5, criterion="output-loss")
@@ -134,6 +134,22 @@ def test_the_shipped_recipes_load_and_hold_their_published_settings():
     assert stack.layers and stack.weights and stack.tokens
     with pytest.raises(DiffpruneError, match="shipped recipes"):
         load_recipe("no-such-recipe")
+
+
+def test_the_denoiser_alias_prunes_whichever_denoiser_a_pipeline_has():
+    from diffprune.recipe import Recipe, compress, load_recipe
+
+    recipe = Recipe.from_dict({"weights": {"denoiser": {"method": "magnitude", "sparsity": 0.4}}})
+    for name, attr in (("tiny-sd", "unet"), ("tiny-flux", "transformer")):
+        pipe = diffprune.load(f"random:{name}", seed=0)
+        result = compress(pipe, recipe, progress=False)
+        assert list(result.weights.components) == [attr]
+        assert result.weights.components[attr].sparsity == pytest.approx(0.4, abs=1e-3)
+    with pytest.raises(DiffpruneError, match="not both"):
+        Recipe.from_dict({"weights": {"denoiser": {"method": "magnitude", "sparsity": 0.4},
+                                      "unet": {"method": "magnitude", "sparsity": 0.4}}})
+    half = load_recipe("dit-half")
+    assert half.layers == LayerStep(ratio=0.25, criterion="output-loss") and "denoiser" in half.weights
 
 
 def test_cli_compress_then_generate_equals_the_in_memory_result(shapes, tmp_path, capsys):

@@ -13,7 +13,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("bench", help="baseline and recipes side by side (cost, quality, report); or --claims")
     add_source_options(p, optional=True)
     p.add_argument("--recipes", nargs="+", metavar="FILE|NAME",
-                   help="recipe files or shipped names (sd2-study, laptop-50, atedm, stack)")
+                   help="recipe files or shipped names (sd2-study, laptop-50, atedm, stack, dit-half)")
     p.add_argument("--claims", action="store_true",
                    help="re-measure the papers' headline claims (no SOURCE: full-size architectures on meta "
                         "for FLOPs, the shapes testbed for quality)")

@@ -20,7 +20,7 @@ def add_commands(sub) -> None:
     add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the compressed pipeline to")
     p.add_argument("--recipe", metavar="FILE|NAME",
-                   help="a YAML/JSON recipe, or a shipped one: sd2-study, laptop-50, atedm, stack")
+                   help="a YAML/JSON recipe, or a shipped one: sd2-study, laptop-50, atedm, stack, dit-half")
     p.add_argument("--layers", metavar="SPEC", help="CRITERION:ratio=R[,budget=flops,...] or preset:NAME")
     p.add_argument("--weights", metavar="SPEC", action="append",
                    help="COMPONENT=METHOD:sparsity=S[,key=value...], repeatable (e.g. unet=wanda:sparsity=0.3)")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from diffprune.anatomy import describe_kind, has_unet, is_pipeline
+from diffprune.anatomy import denoiser_name, describe_kind, has_unet, is_pipeline
 from diffprune.distill import DistillResult, check_data_spec, check_pipelines, data_from_spec, distill
 from diffprune.errors import DiffpruneError
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
@@ -30,7 +30,7 @@ from diffprune.weights import PruneResult
 from diffprune.weights import prune as prune_weights
 from diffprune.weights.prune import check_recipe
 
-from .spec import Recipe
+from .spec import DENOISER, Recipe
 
 
 @dataclass
@@ -57,6 +57,12 @@ class CompressResult:
                 **{r.family: r.to_json() for r in self.steps}}
 
 
+def weight_configs(pipe, recipe: Recipe) -> dict:
+    """The recipe's weight-pruning configs by component, ``denoiser`` resolved to the pipeline's U-Net or
+    transformer."""
+    return {(denoiser_name(pipe) if c == DENOISER else c): w.config() for c, w in recipe.weights.items()}
+
+
 def check(pipe, recipe: Recipe, *, work_dir=None) -> None:
     """Everything :func:`compress` needs from ``pipe`` and ``recipe``, checked before any change."""
     if not is_pipeline(pipe):
@@ -78,9 +84,9 @@ def check(pipe, recipe: Recipe, *, work_dir=None) -> None:
             raise DiffpruneError("a distill step with checkpoint_every needs a work folder (compress(..., work_dir=))")
     if recipe.weights:
         if recipe.layers is None:
-            check_recipe(pipe, {c: w.config() for c, w in recipe.weights.items()})
+            check_recipe(pipe, weight_configs(pipe, recipe))
         else:  # the U-Net changes before its weights are pruned: check what does not depend on its structure
-            missing = [c for c in recipe.weights if getattr(pipe, c, None) is None]
+            missing = [c for c in weight_configs(pipe, recipe) if getattr(pipe, c, None) is None]
             if missing:
                 raise DiffpruneError(f"the pipeline has no component '{missing[0]}'")
 
@@ -111,8 +117,8 @@ def compress(pipe, recipe: Recipe, *, progress: bool = True, work_dir=None) -> C
                                             expressible=layers.expressible)
                 result.layers = prune_layers(pipe, config, progress=progress)
         elif step == "weights":
-            result.weights = prune_weights(pipe, {c: w.config() for c, w in recipe.weights.items()},
-                                           recipe.calibration.weights_config(), progress=progress)
+            result.weights = prune_weights(pipe, weight_configs(pipe, recipe), recipe.calibration.weights_config(),
+                                           progress=progress)
         elif step == "distill":
             result.distill = distill(pipe, teacher, data, recipe.distill.config(), work_dir=work_dir,
                                      progress=progress)

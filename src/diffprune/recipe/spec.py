@@ -28,6 +28,9 @@ from diffprune.tokens import parse_spec
 from diffprune.weights import make_config
 from diffprune.weights.targets import PRUNABLE_COMPONENTS
 
+#: a recipe's name for the pipeline's denoiser, whichever it is (``unet`` or ``transformer``)
+DENOISER = "denoiser"
+
 
 def _check_keys(cls, data, where: str) -> None:
     """Refuse ``data`` unless it is a mapping whose keys are all fields of the dataclass ``cls``."""
@@ -192,9 +195,12 @@ class Recipe:
 
     def __post_init__(self) -> None:
         for component in self.weights:
-            if component not in PRUNABLE_COMPONENTS:
-                raise DiffpruneError(f"weights: '{component}' cannot be pruned "
-                                     f"(prunable components: {', '.join(PRUNABLE_COMPONENTS)})")
+            if component not in PRUNABLE_COMPONENTS and component != DENOISER:
+                raise DiffpruneError(f"weights: '{component}' cannot be pruned (prunable components: "
+                                     f"{', '.join(PRUNABLE_COMPONENTS)}, or {DENOISER} for whichever of unet and "
+                                     "transformer the pipeline has)")
+        if DENOISER in self.weights and set(self.weights) & {"unet", "transformer"}:
+            raise DiffpruneError(f"weights: give {DENOISER} or unet/transformer, not both")
         if self.tokens is not None:
             parse_spec(self.tokens)
         if self.layers is None and not self.weights and self.tokens is None and self.distill is None:
@@ -272,7 +278,7 @@ class Recipe:
 
 
 def example_recipes() -> dict[str, Path]:
-    """The recipes shipped with diffprune, by name: ``sd2-study``, ``laptop-50``, ``atedm``, ``stack``."""
+    """The recipes shipped with diffprune, by name: ``sd2-study``, ``laptop-50``, ``atedm``, ``stack``, ``dit-half``."""
     folder = Path(__file__).with_name("examples")
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
