@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "diffprune"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "progress", "prompt_files", "history", "results", "anatomy", "_fs"),
     ("archs", "measure", "testbed", "integrity"),
-    ("calibration", "formats", "io", "saving", "report"),
+    ("calibration", "conditioning", "formats", "io", "saving", "report"),
     ("weights", "layers", "tokens", "distill"),
     ("recipe",),
     ("evaluate",),

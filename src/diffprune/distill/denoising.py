@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from diffprune.anatomy import denoiser_of, is_unet, text_lengths
+from diffprune.anatomy import denoiser_of, is_unet
+from diffprune.conditioning import encode_prompts
 from diffprune.errors import DiffpruneError
 
 FLUX_GUIDANCE = 3.5
@@ -67,28 +68,9 @@ class Denoising:
         cfg = pipe.vae.config
         return (unscaled - float(cfg.get("shift_factor") or 0.0)) * float(cfg.scaling_factor)
 
-    @torch.no_grad()
     def encode(self, pipe, captions: list[str], device) -> dict[str, torch.Tensor]:
-        """Batch-first conditioning tensors for ``captions``."""
-        if self.kind == "unet":
-            tok = pipe.tokenizer
-            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                      return_tensors="pt").input_ids.to(device)
-            return {"encoder_hidden_states": pipe.text_encoder(ids)[0]}
-        length = max(text_lengths(pipe).values())
-        if self.kind in ("pixart", "sana"):
-            extra = {"clean_caption": False}
-            if self.kind == "sana":
-                extra["complex_human_instruction"] = None
-            embeds, mask, _, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, device=device,
-                                                    max_sequence_length=length, **extra)
-            return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
-        if self.kind == "sd3":
-            embeds, _, pooled, _ = pipe.encode_prompt(captions, None, None, do_classifier_free_guidance=False,
-                                                      device=device, max_sequence_length=length - 77)
-            return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
-        embeds, pooled, _ = pipe.encode_prompt(captions, None, device=device, max_sequence_length=length)
-        return {"encoder_hidden_states": embeds, "pooled_projections": pooled}
+        """Batch-first conditioning tensors for ``captions`` (:func:`diffprune.conditioning.encode_prompts`)."""
+        return encode_prompts(pipe, captions, device)
 
     def noise(self, scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, num_train_timesteps: int):
         """``(noisy, timestep input, target)`` for clean latents ``x0`` at integer timesteps ``t``."""

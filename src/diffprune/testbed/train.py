@@ -332,7 +332,7 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

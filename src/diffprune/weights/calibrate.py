@@ -18,7 +18,8 @@ from torch import nn
 
 from diffprune.calibration import (DEFAULT_BATCH_SIZE, DEFAULT_GUIDANCE_SCALE, DEFAULT_NUM_PROMPTS, DEFAULT_STEPS,
                                     calibration_generators, calibration_prompts)
-from diffprune.anatomy import call_options, denoiser_of, geometry, text_lengths, tokenizer_of
+from diffprune.anatomy import call_options, denoiser_of, geometry, has_unet, text_lengths, tokenizer_of
+from diffprune.conditioning import encode_prompts
 from diffprune.errors import DiffpruneError
 from diffprune.progress import pipeline_bar_disabled
 from diffprune.weights.targets import Target
@@ -128,15 +129,20 @@ class Collector:
 
 @torch.no_grad()
 def run_text_encoder(pipe, component: str, config: CalibrationConfig) -> None:
-    """Encode the calibration prompts, padded to the length the pipeline pads them to (CLIP 77; T5 and Gemma the
-    pipeline's sequence length)."""
-    tok = tokenizer_of(pipe, component)
-    if tok is None:
+    """Encode the calibration prompts as the pipeline does: a U-Net pipeline's encoder on ids padded to its
+    length, a transformer pipeline's own ``encode_prompt`` (its lengths, attention masks and instructions; SD3's
+    runs all three encoders, the hooks see only ``component``'s layers)."""
+    if tokenizer_of(pipe, component) is None:
         raise DiffpruneError(f"calibrating {component} needs the pipeline's tokenizer")
-    length = text_lengths(pipe)[component]
     encoder = getattr(pipe, component)
     device = next(encoder.parameters()).device
     prompts = config.prompt_list()
+    if not has_unet(pipe):
+        for i in range(0, len(prompts), config.batch_size):
+            encode_prompts(pipe, prompts[i:i + config.batch_size], device)
+        return
+    tok = tokenizer_of(pipe, component)
+    length = text_lengths(pipe)[component]
     for i in range(0, len(prompts), config.batch_size):
         ids = tok(prompts[i:i + config.batch_size], padding="max_length", max_length=length,
                   truncation=True, return_tensors="pt").input_ids.to(device)

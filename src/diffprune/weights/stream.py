@@ -72,10 +72,22 @@ def _meta_model(source: str):
     return model, folder
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The folder's weight files: those its index lists, else the one unsharded file; never a variant
+    (``*.fp16.safetensors``) beside them."""
+    indexes = sorted(folder.glob("*.safetensors.index.json"))
+    indexes = [i for i in indexes if i.name.count(".") == 3] or indexes  # name.safetensors.index.json
+    if indexes:
+        weight_map = json.loads(indexes[0].read_text(encoding="utf-8")).get("weight_map", {})
+        return [folder / name for name in sorted(set(weight_map.values()))]
+    plain = [f for f in sorted(folder.glob("*.safetensors")) if f.name.count(".") == 1]
+    return plain or sorted(folder.glob("*.safetensors"))[:1]
+
+
 def _folder_tensors(folder: Path) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
-    for file in sorted(folder.glob("*.safetensors")):
+    for file in _weight_files(folder):
         with safe_open(str(file), framework="pt") as handle:
             for name in handle.keys():
                 yield name, handle.get_tensor(name)
