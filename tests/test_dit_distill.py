@@ -97,18 +97,18 @@ def test_the_task_target_is_the_family_s_own(name, flow):
 def test_conditioning_is_what_sampling_feeds_the_transformer():
     """Training and calibration encode prompts as the pipeline's defaults do: SD3 with CLIP's 77 and T5's 256
     tokens, Sana with its complex human instruction."""
+    from diffprune.anatomy import call_options
     from diffprune.conditioning import encode_prompts
 
-    sd3 = _pipe("tiny-sd3")
-    cond = encode_prompts(sd3, ["a red circle"], "cpu")
-    assert cond["encoder_hidden_states"].shape[1] == 77 + 256
-    seen = {}
-    handle = sd3.transformer.register_forward_pre_hook(
-        lambda _m, args, kwargs: seen.setdefault("h", kwargs["encoder_hidden_states"]), with_kwargs=True)
-    sd3("a red circle", num_inference_steps=1, guidance_scale=1.0, height=32, width=32, output_type="latent")
-    handle.remove()
-    assert torch.equal(seen["h"], cond["encoder_hidden_states"])
-    sana = _pipe("tiny-sana")
-    mine = encode_prompts(sana, ["a red circle"], "cpu")
-    theirs = sana.encode_prompt(["a red circle"], do_classifier_free_guidance=False, device="cpu")
-    assert torch.equal(mine["encoder_hidden_states"], theirs[0])  # the default instruction included
+    for name, size in (("tiny-sd3", 32), ("tiny-sana", 64)):
+        pipe = _pipe(name)
+        cond = encode_prompts(pipe, ["a red circle"], "cpu")
+        if name == "tiny-sd3":
+            assert cond["encoder_hidden_states"].shape[1] == 77 + 256
+        seen = {}
+        handle = pipe.transformer.register_forward_pre_hook(
+            lambda _m, args, kwargs: seen.setdefault("h", kwargs["encoder_hidden_states"]), with_kwargs=True)
+        pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, height=size, width=size,
+             output_type="latent", **call_options(pipe))
+        handle.remove()
+        assert torch.equal(seen["h"], cond["encoder_hidden_states"]), name
