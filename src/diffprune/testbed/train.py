@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (5)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
     parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 1e-3)")
-    parser.add_argument("--unet-steps", type=int, help="text encoder + U-Net steps (default 4000)")
+    parser.add_argument("--unet-steps", type=int, help="text encoder + U-Net steps (default 9000)")
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")
     parser.add_argument("--decay-matrices-only", action=argparse.BooleanOptionalAction, default=None,
                         help="no weight decay on embeddings, norms and biases (default: on)")
