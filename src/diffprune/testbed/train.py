@@ -207,11 +207,7 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
     bar = tqdm(range(start, cfg.unet_steps), desc="text encoder + unet", mininterval=5)
     for step in bar:
         idx = next(batches)
-        # random draws on the CPU generator, then moved: the same data on every device
-        z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
-        noise = torch.randn(z.shape, generator=gen).to(device)
-        t = timesteps_for(step, len(idx), gen, high_share=cfg.high_noise_share, high_from=cfg.high_noise_from,
-                          curriculum_steps=cfg.curriculum_steps, curriculum_from=cfg.curriculum_from).to(device)
+        z, noise, t = draw_batch(idx, means, stds, scaling, gen, step, cfg, device)
         batch_ids = ids[idx].clone()
         dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
         batch_ids[dropped] = empty
@@ -223,23 +219,46 @@ def train_diffusion(tokenizer, text_encoder, unet, captions: list[str], means, s
         else:  # Min-SNR-gamma: min(SNR, gamma) / SNR for epsilon, / (SNR + 1) for v
             weight = snr[t].clamp(max=cfg.snr_gamma) / (snr[t] + 1 if zero_snr else snr[t])
             loss = ((pred - target).pow(2).flatten(1).mean(1) * weight).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        ckpt.after_step("diffusion", step + 1, lambda: capture(step + 1, losses, objects), log)
+        training_step(loss, params, opt, sched, ema, losses)
+        after_diffusion_step(bar, step, losses, objects, ckpt, log)
     ema.copy_to(params)
     unet.cpu()
     text_encoder.cpu()
+    log_diffusion_losses(losses, log)
+    return noise_sched
+
+
+def draw_batch(idx, means, stds, scaling: float, gen: torch.Generator, step: int, cfg, device):
+    """Clean latents, noise and timesteps of one diffusion-stage batch (``cfg``: the timestep options). The draws
+    happen on the CPU generator, then move: the same data on every device."""
+    z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
+    noise = torch.randn(z.shape, generator=gen).to(device)
+    t = timesteps_for(step, len(idx), gen, high_share=cfg.high_noise_share, high_from=cfg.high_noise_from,
+                      curriculum_steps=cfg.curriculum_steps, curriculum_from=cfg.curriculum_from).to(device)
+    return z, noise, t
+
+
+def training_step(loss, params, opt, sched, ema, losses: list[float]) -> None:
+    """Backward, clip to norm 1, optimizer and schedule step, EMA update; the loss is appended to ``losses``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    ema.step(params)
+    losses.append(loss.item())
+
+
+def after_diffusion_step(bar, step: int, losses: list[float], objects: dict, ckpt: Checkpointer, log: dict) -> None:
+    if step % 50 == 0:
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+    ckpt.after_step("diffusion", step + 1, lambda: capture(step + 1, losses, objects), log)
+
+
+def log_diffusion_losses(losses: list[float], log: dict) -> None:
     log["diffusion_loss_last200"] = sum(losses[-200:]) / len(losses[-200:])
     log["diffusion_loss_curve"] = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
                                    for i in range(0, len(losses), 100)]
-    return noise_sched
 
 
 @torch.no_grad()
@@ -258,6 +277,21 @@ def flags_extra_objects(evaluator: ShapesEvaluator, seed: int, n: int = 512) -> 
     return sum(score_scene(scene, found)["all"] == 0.0 for (scene, _, _), found in zip(items, readings)) / n
 
 
+def start_run(out_dir, cfg, *, resume: bool, checkpoint_minutes: float, device: str,
+              stop_after: tuple[str, int] | None):
+    """``(device, out folder, checkpointer, log)`` of a training run: the log is the checkpoint's when resuming,
+    which must have been made with the same configuration."""
+    dev = torch.device(device)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
+    log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
+                             "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
+    if log["config"] != asdict(cfg):
+        raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+    return dev, out, ckpt, log
+
+
 def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool = False,
           checkpoint_minutes: float = 5.0, device: str = "cpu", stop_after: tuple[str, int] | None = None) -> Path:
     """Run every stage and write the testbed to ``out_dir`` (see the module docstring).
@@ -268,14 +302,8 @@ def train(out_dir: str | Path, cfg: TrainConfig | None = None, *, resume: bool =
     from safetensors.torch import save_file
 
     cfg = cfg or TrainConfig()
-    dev = torch.device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
-    log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
-                             "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
-    if log["config"] != asdict(cfg):
-        raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+    dev, out, ckpt, log = start_run(out_dir, cfg, resume=resume, checkpoint_minutes=checkpoint_minutes,
+                                    device=device, stop_after=stop_after)
 
     ckpt.begin("evaluator")
     if ckpt.done("evaluator") is None or not (out / "evaluator.safetensors").exists():
@@ -338,14 +366,19 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to write the trained testbed to")
+def add_run_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """The options every testbed training command has: output, seed, quick check, resuming, device."""
+    parser.add_argument("--out", required=True, help=f"folder to write {what} to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps per stage, to check the mechanics")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (5)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train", description=__doc__.split("\n\n")[0])
+    add_run_options(parser, "the trained testbed")
     parser.add_argument("--unet-lr", type=float, help="learning rate of text encoder + U-Net (default 1e-3)")
     parser.add_argument("--unet-steps", type=int, help="text encoder + U-Net steps (default 9000)")
     parser.add_argument("--snr-gamma", type=float, help="Min-SNR-gamma loss weighting (default: off)")

@@ -19,18 +19,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .assets import evaluator_weights, testbed_folder
-from .checkpoint import Batches, Checkpointer, capture
+from .checkpoint import Batches, Checkpointer
 from .data import render_images, sample_scenes
 from .dit import PIPELINE_TEXT_LENGTH, DitArch, build_dit_models, dit_forward
 from .models import sampling_scheduler
-from .train import device_name, encode_latents, lr_lambda, noise_schedule, param_groups, timesteps_for
+from .train import (add_run_options, after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses, lr_lambda,
+                    noise_schedule, param_groups, start_run, training_step)
 
 
 @dataclass
@@ -79,10 +80,7 @@ def train_transformer(tokenizer, text_encoder, transformer, captions: list[str],
     bar = tqdm(range(start, cfg.steps), desc="text encoder + transformer", mininterval=5)
     for step in bar:
         idx = next(batches)
-        z = ((means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling).to(device)
-        noise = torch.randn(z.shape, generator=gen).to(device)
-        t = timesteps_for(step, len(idx), gen, high_share=cfg.high_noise_share, high_from=cfg.high_noise_from,
-                          curriculum_steps=cfg.curriculum_steps, curriculum_from=cfg.curriculum_from).to(device)
+        z, noise, t = draw_batch(idx, means, stds, scaling, gen, step, cfg, device)
         ids, mask = encoded.input_ids[idx].clone(), encoded.attention_mask[idx].clone()
         dropped = torch.rand(len(idx), generator=gen) < cfg.caption_dropout  # for classifier-free guidance
         ids[dropped], mask[dropped] = empty.input_ids[0], empty.attention_mask[0]
@@ -90,22 +88,12 @@ def train_transformer(tokenizer, text_encoder, transformer, captions: list[str],
         hidden = text_encoder(ids, attention_mask=mask)[0]
         pred = dit_forward(transformer, noise_sched.add_noise(z, noise, t), t, hidden, mask)
         loss = (pred - noise_sched.get_velocity(z, noise, t)).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        ckpt.after_step("diffusion", step + 1, lambda: capture(step + 1, losses, objects), log)
+        training_step(loss, params, opt, sched, ema, losses)
+        after_diffusion_step(bar, step, losses, objects, ckpt, log)
     ema.copy_to(params)
     transformer.cpu()
     text_encoder.cpu()
-    log["diffusion_loss_last200"] = sum(losses[-200:]) / len(losses[-200:])
-    log["diffusion_loss_curve"] = [round(sum(losses[i:i + 100]) / len(losses[i:i + 100]), 5)
-                                   for i in range(0, len(losses), 100)]
+    log_diffusion_losses(losses, log)
     return noise_sched
 
 
@@ -116,14 +104,8 @@ def train_dit(out_dir: str | Path, cfg: DitTrainConfig | None = None, *, resume:
     from diffusers import AutoencoderKL, PixArtSigmaPipeline
 
     cfg = cfg or DitTrainConfig()
-    dev = torch.device(device)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = Checkpointer(out, every_s=checkpoint_minutes * 60, resume=resume, stop_after=stop_after)
-    log: dict = ckpt.log or {"config": asdict(cfg), "torch": str(torch.__version__),
-                             "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
-    if log["config"] != asdict(cfg):
-        raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+    dev, out, ckpt, log = start_run(out_dir, cfg, resume=resume, checkpoint_minutes=checkpoint_minutes,
+                                    device=device, stop_after=stop_after)
     base = testbed_folder()  # the U-Net testbed: its VAE (and evaluator) are shared
     vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
     log["base_testbed"] = str(base)
@@ -156,12 +138,7 @@ def train_dit(out_dir: str | Path, cfg: DitTrainConfig | None = None, *, resume:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train_dit",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder to write the trained DiT testbed to")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="a few steps, to check the mechanics")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (5)")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:i]")
+    add_run_options(parser, "the trained DiT testbed")
     parser.add_argument("--steps", type=int, help="training steps (default 9000)")
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     parser.add_argument("--width", type=int, help="transformer width (default 128)")
