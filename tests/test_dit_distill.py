@@ -106,8 +106,11 @@ def test_conditioning_is_what_sampling_feeds_the_transformer():
         if name == "tiny-sd3":
             assert cond["encoder_hidden_states"].shape[1] == 77 + 256
         seen = {}
-        handle = pipe.transformer.register_forward_pre_hook(
-            lambda _m, args, kwargs: seen.setdefault("h", kwargs["encoder_hidden_states"]), with_kwargs=True)
+
+        def record(_module, _args, kwargs, seen=seen):
+            seen.setdefault("h", kwargs["encoder_hidden_states"])
+
+        handle = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
         pipe("a red circle", num_inference_steps=1, guidance_scale=1.0, height=size, width=size,
              output_type="latent", **call_options(pipe))
         handle.remove()

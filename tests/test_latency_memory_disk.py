@@ -1,4 +1,6 @@
 
+import mmap
+
 import numpy as np
 import pytest
 
@@ -67,8 +69,14 @@ def test_peak_memory_sees_a_large_temporary_allocation():
     size = 256 * 2**20
 
     def allocate():
-        block = np.ones(size, dtype=np.uint8)  # touched pages, so they are resident
-        return int(block[::4096].sum())
+        # fresh pages from the kernel (an anonymous map), touched so they are resident; a plain array could reuse
+        # pages that earlier tests freed but the allocator kept, which RSS already counts
+        with mmap.mmap(-1, size) as region:
+            block = np.frombuffer(region, dtype=np.uint8)
+            block[::4096] = 1
+            total = int(block[::4096].sum())
+            del block
+        return total
 
     result, mem = peak_memory(allocate, interval=0.001)
     assert result == size // 4096
