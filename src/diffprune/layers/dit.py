@@ -77,13 +77,3 @@ def remove_blocks(model, names):
         updates[BLOCK_LISTS[list_name]] = len(kept)
     model.register_to_config(**updates)
     return model
-
-
-def config_depths(model) -> dict[str, int]:
-    return {key: int(model.config.get(key) or 0) for list_name, key in BLOCK_LISTS.items()
-            if getattr(model, list_name, None) is not None}
-
-
-def real_depths(model) -> dict[str, int]:
-    return {key: len(getattr(model, list_name)) for list_name, key in BLOCK_LISTS.items()
-            if getattr(model, list_name, None) is not None}
