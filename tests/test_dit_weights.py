@@ -13,6 +13,12 @@ import diffprune
 from diffprune import weights
 from diffprune.weights.targets import find_targets, groups_in_order
 
+def semistructured_available() -> bool:
+    from diffprune.weights import semistructured
+
+    return semistructured.available()[0]
+
+
 CALIB = weights.CalibrationConfig(num_prompts=2, steps=2, batch_size=2, groups=2)
 
 
@@ -127,19 +133,41 @@ def test_cli_prunes_a_dit_pipeline(tmp_path, capsys):
     assert _zeros(back.transformer) == pytest.approx(0.5, abs=1e-3)
 
 
-def test_semi_structured_kernels_say_clearly_when_they_cannot_run():
+def test_two_four_detection():
     from diffprune.weights import semistructured
 
     w = torch.tensor([[1.0, 0, 2, 0, 0, 3, 0, 4], [0, 0, 0, 1, 5, 6, 0, 0]])
     assert semistructured.is_two_four(w) and not semistructured.is_two_four(torch.ones(2, 8))
+
+
+@pytest.mark.skipif(semistructured_available(), reason="this machine has the kernels; the GPU test below runs")
+def test_semi_structured_kernels_say_clearly_when_they_cannot_run():
+    from diffprune.weights import semistructured
+
     ok, why = semistructured.available()
+    assert not ok and ("GPU" in why or "capability" in why)
     model = nn.Sequential(nn.Linear(64, 64))
-    if ok:  # a GPU run: the sparse weight must give the dense result and go back bit-exactly
-        pytest.skip("covered by benchmarks/dit_semistructured_speed.py on a GPU")
-    assert "GPU" in why or "capability" in why
     with pytest.raises(diffprune.DiffpruneError, match="semi-structured"):
         semistructured.apply(model)
     assert semistructured.remove(model) == 0
+
+
+@pytest.mark.skipif(not semistructured_available(), reason="needs a CUDA GPU of compute capability 8.0+")
+def test_semi_structured_weights_give_the_dense_result_and_go_back_exactly():
+    from diffprune.weights import semistructured
+
+    model = nn.Sequential(nn.Linear(128, 128)).to("cuda", torch.float16)
+    with torch.no_grad():
+        w = model[0].weight
+        keep = w.abs().reshape(128, -1, 4).topk(2, dim=-1).indices
+        mask = torch.zeros_like(w).reshape(128, -1, 4).scatter_(-1, keep, 1).reshape(128, 128)
+        w.mul_(mask)
+    dense = model[0].weight.detach().clone()
+    x = torch.randn(64, 128, device="cuda", dtype=torch.float16)
+    expected = model(x)
+    assert semistructured.apply(model) == ["0"] and semistructured.apply(model) == ["0"]  # idempotent
+    assert torch.allclose(model(x), expected, atol=1e-2, rtol=1e-2)
+    assert semistructured.remove(model) == 1 and torch.equal(model[0].weight, dense)
 
 
 def test_streamed_magnitude_pruning_matches_the_in_memory_result(tmp_path):
