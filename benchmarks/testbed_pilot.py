@@ -63,6 +63,44 @@ def layout_probe(pipe, t: int = 999) -> dict:
             "probe_col": round(sum(cell_of(float(x), 32) % 3 == s.objects[0].col for x, s in zip(cx, scenes)) / n, 3)}
 
 
+@torch.no_grad()
+def relation_probe(pipe, n: int = 256, t: int = 999) -> dict:
+    """The layout probe for two-object scenes: for ``n`` training-split two-object scenes with two different
+    colours, the clean-image prediction at timestep ``t`` from pure noise is decoded, each object is located by
+    the centroid of the pixels near its colour, and the caption's relation is checked on the two centroids
+    (chance 0.5: each relation is one inequality)."""
+    import random
+
+    from diffprune.testbed.world import COLORS, sample_scene
+
+    rng = random.Random(12)
+    scenes = []
+    while len(scenes) < n:
+        s = sample_scene(rng, "train", two_object_prob=1.0)
+        if s.objects[0].color != s.objects[1].color:
+            scenes.append(s)
+    ids = pipe.tokenizer([s.caption for s in scenes], padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    hidden = pipe.text_encoder(ids)[0]
+    noise = torch.randn(n, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+    alpha = pipe.scheduler.alphas_cumprod[t]
+    v = pipe.unet(noise, torch.full((n,), t), hidden).sample
+    x0 = alpha.sqrt() * noise - (1 - alpha).sqrt() * v
+    images = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    hits = 0
+    for image, scene in zip(images, scenes):
+        centres = []
+        for obj in scene.objects:
+            colour = torch.tensor(COLORS[obj.color], dtype=torch.float32)[:, None, None] / 255
+            w = torch.exp(-(image - colour).pow(2).sum(0) / 0.02)
+            centres.append(((w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()))
+        (xa, ya), (xb, yb) = centres
+        hits += bool({"to the left of": xa < xb, "to the right of": xa > xb, "above": ya < yb,
+                      "below": ya > yb}[scene.relation])
+    return {"probe_relation": round(hits / n, 3)}
+
+
 def main(argv: list[str] | None = None) -> None:
     from diffusers import StableDiffusionPipeline
 
@@ -135,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
            "two_obj": cfg.two_object_prob, "curriculum": f"{cfg.curriculum_steps}@{cfg.curriculum_from}",
            "unet_params_m": round(sum(p.numel() for p in unet.parameters()) / 1e6, 2),
            "s_per_step": round(seconds / cfg.unet_steps, 3), "loss_last200": round(log["diffusion_loss_last200"], 4),
-           **layout_probe(pipe), **({} if args.no_suite else _shapes_metrics(pipe))}
+           **layout_probe(pipe), **relation_probe(pipe), **({} if args.no_suite else _shapes_metrics(pipe))}
     print(" | ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     if args.json:
         with open(args.json, "a") as f:
