@@ -99,10 +99,11 @@ def test_claims_run_end_to_end_on_small_settings(tmp_path):
 
     config = ClaimsConfig(prompts=2, steps=2, latency_repeats=1, flops_arch="tiny-sdxl", flops_resolution=256,
                           speed_arch="tiny-sdxl", speed_resolution=128, additivity_sets=3, calibration_prompts=2,
-                          progress=False)
+                          modulation_arch="tiny-flux", depth_arch="tiny-pixart", progress=False)
     result = run_claims(config)
     papers = [c.paper for c in result.claims]
     assert papers.count("SD-2 pruning study") == 3 and papers.count("LAPTOP-Diff") == 2 and papers.count("AT-EDM") == 3
+    assert papers[-3:] == ["FLUX.1 / Chroma", "TinyFusion", "OBS-Diff"]
     assert all(c.verdict in ("yes", "no", "n/a") for c in result.claims)
     m = result.measurements
     assert m["atedm_flops"]["pruned_tflops"] < m["atedm_flops"]["base_tflops"]
@@ -111,4 +112,4 @@ def test_claims_run_end_to_end_on_small_settings(tmp_path):
     assert m["additivity_pearson"]["output-loss"] > 0.5
     folder = write_claims_report(result, tmp_path / "claims")
     table = json.loads((folder / "report.json").read_text())["claims"]
-    assert len(table) == 8 and {"claim", "source's number", "measured here", "holds?"} <= set(table[0])
+    assert len(table) == 11 and {"claim", "source's number", "measured here", "holds?"} <= set(table[0])

@@ -153,3 +153,13 @@ def test_installed_command_exits_2_without_traceback():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "diffprune: error: no such file or folder: does/not/exist (and it is not a Hub id like 'org/name')"]
+
+
+def test_source_help_names_every_random_architecture():
+    import re
+
+    from diffprune.archs import available
+    from diffprune.cli.source import RANDOM_ARCHS
+
+    listed = set(re.findall(r"[a-z0-9-]+", RANDOM_ARCHS))
+    assert set(available()) <= listed, set(available()) - listed

@@ -63,7 +63,8 @@ class LayerPruneResult(StepResult):
     seconds: float = 0.0
 
     def summary(self) -> str:
-        what = f"preset {self.preset}" if self.preset else f"{len(self.removed)} units removed"
+        n = len(self.removed)
+        what = f"preset {self.preset}" if self.preset else f"{n} unit{'' if n == 1 else 's'} removed"
         return f"{what}: denoiser parameters -{self.params_ratio:.1%}, FLOPs -{self.flops_ratio:.1%}"
 
     def to_json(self) -> dict:

@@ -32,7 +32,7 @@ from .models import TestbedArch, build_models, sampling_scheduler
 @dataclass
 class TrainConfig:
     seed: int = 0
-    arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 128), unet_head_dim=16))
+    arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 64), unet_head_dim=16))
     two_object_prob: float = 0.4
     # evaluator: reads any colour-shape combination, held-out ones included
     evaluator_images: int = 60_000
