@@ -191,3 +191,23 @@ def test_unsupported_pipelines_still_get_one_clear_line():
 
     with pytest.raises(DiffpruneError, match="unsupported model: SomePipeline with Linear"):
         detect_family(SomePipeline())
+
+
+def test_sana_text_encoder_reads_the_instruction_too():
+    from diffprune.anatomy import call_default, text_lengths, tokens_read
+    from diffprune.measure import count_flops, measure_pipeline, text_encoder_inputs
+
+    pipe = diffprune.load("random:tiny-sana", seed=0)
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append((args[0] if args else kwargs["input_ids"]).shape[1])
+
+    hook = pipe.text_encoder.register_forward_pre_hook(record, with_kwargs=True)
+    pipe.encode_prompt("a red circle", do_classifier_free_guidance=False, clean_caption=False,
+                       complex_human_instruction=call_default(pipe, "complex_human_instruction"))
+    hook.remove()
+    assert tokens_read(pipe)["text_encoder"] == seen[0] > text_lengths(pipe)["text_encoder"]
+    m = measure_pipeline(pipe, resolution=archs.arch_spec("tiny-sana")["resolution"])
+    by_hand = count_flops(pipe.text_encoder, **text_encoder_inputs(pipe.text_encoder, text_length=seen[0])).total
+    assert m.text_encoder_flops["text_encoder"].total == by_hand

@@ -55,6 +55,11 @@ def test_pruned_blocks_match_the_teacher_blocks_they_came_from():
         a = student.transformer.get_submodule(s).state_dict()
         b = teacher.transformer.get_submodule(t).state_dict()
         assert all(torch.equal(a[k], b[k]) for k in a)
+    # blocks removed from the bare transformer leave no history: refused, not matched block i to block i
+    bare = copy.deepcopy(teacher.transformer)
+    layers.remove_units(bare, ["transformer_blocks.0"])
+    with pytest.raises(diffprune.DiffpruneError, match="history"):
+        matched_sites(bare, teacher.transformer, "stages", [])
 
 
 @pytest.mark.parametrize("name", ["tiny-pixart", "tiny-sd3", "tiny-flux", "tiny-sana"])
@@ -115,3 +120,22 @@ def test_conditioning_is_what_sampling_feeds_the_transformer():
              output_type="latent", **call_options(pipe))
         handle.remove()
         assert torch.equal(seen["h"], cond["encoder_hidden_states"]), name
+
+
+def test_pixart_alpha_size_conditioning_is_fed_as_its_pipeline_feeds_it():
+    from diffusers import PixArtTransformer2DModel
+
+    from diffprune.archs import arch_spec
+
+    spec = {k: v for k, v in arch_spec("tiny-pixart")["transformer"].items() if not k.startswith("_")}
+    torch.manual_seed(0)
+    model = PixArtTransformer2DModel.from_config({**spec, "use_additional_conditions": True}).eval()
+    noisy, t = torch.randn(2, spec["in_channels"], 8, 8), torch.tensor([10, 500])
+    cond = {"encoder_hidden_states": torch.randn(2, 5, spec["caption_channels"])}
+    with torch.no_grad():
+        ours = Denoising("pixart", vae_scale_factor=8).forward(model, noisy, t, cond)
+        sizes = {"resolution": torch.tensor([[64.0, 64.0]] * 2), "aspect_ratio": torch.tensor([[1.0]] * 2)}
+        stock = model(hidden_states=noisy, timestep=t, added_cond_kwargs=sizes, **cond).sample
+        other = Denoising("pixart", vae_scale_factor=16).forward(model, noisy, t, cond)
+    assert torch.equal(ours, stock[:, :spec["in_channels"]])
+    assert not torch.equal(ours, other)  # the image size is read from the latent grid and the VAE's scale

@@ -51,10 +51,15 @@ def test_removing_a_block_for_a_while_changes_the_output_and_puts_it_back():
     with torch.no_grad():
         before = model(**x)[0]
         with blocks_removed(model, ["transformer_blocks.1"]):
-            assert len(model.transformer_blocks) == 1
+            assert len(model.transformer_blocks) == 1 and layers.is_layer_pruned(model)
             without = model(**x)[0]
         after = model(**x)[0]
     assert torch.equal(before, after) and not torch.allclose(before, without)
+    assert not layers.is_layer_pruned(model)
+    layers.remove_units(model, ["transformer_blocks.0"])
+    assert not layers.is_layer_pruned(model)  # the config follows a removal for good
+    with pytest.raises(diffprune.DiffpruneError, match="save_pretrained"):
+        layers.save_unet(model, "unused")
 
 
 @pytest.mark.parametrize("name,remove,depths", [

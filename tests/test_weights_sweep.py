@@ -85,3 +85,19 @@ def test_sweep_and_search_commands_on_the_testbed(tmp_path, capsys):
     assert data["search"]["best"] == {"unet": 0.6}  # a budget of 1.0 allows anything
     assert main(["search", "shapes", "--out", str(tmp_path / "bad"), "--budget", "-1"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_sweep_and_search_default_to_the_pipelines_denoiser_on_a_transformer():
+    pipe = diffprune.load("random:tiny-pixart")
+    before = {k: v.clone() for k, v in pipe.transformer.state_dict().items()}
+
+    def quality(p):
+        return {"accuracy_all": 1.0 - _sparsity(p.transformer)}
+
+    result = run_sweep(pipe, SweepConfig(sparsities=[0.5]), quality)
+    assert sorted(pt.component for pt in result.points) == ["text_encoder", "transformer"]
+    point = next(pt for pt in result.points if pt.component == "transformer")
+    assert point.metrics["accuracy_all"] == pytest.approx(0.5, abs=0.01)
+    assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
+    found = search(pipe, SearchConfig(budget=0.35, step=0.1, max_sparsity=0.5), quality)
+    assert found.best == {"text_encoder": 0.5, "transformer": 0.3}

@@ -207,6 +207,24 @@ def text_lengths(pipe) -> dict[str, int]:
     return out
 
 
+def call_default(pipe, name: str):
+    """The default of argument ``name`` of the pipeline's ``__call__`` (None if it has no such argument)."""
+    parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return None if parameter is None else parameter.default
+
+
+def tokens_read(pipe) -> dict[str, int]:
+    """Tokens each text encoder reads for one prompt: :func:`text_lengths`, except that Sana's pipeline puts its
+    default instruction text (``complex_human_instruction``) before the prompt and Gemma reads both (the
+    transformer still gets ``max_sequence_length`` of them)."""
+    out = text_lengths(pipe)
+    if type(denoiser_of(pipe, "text lengths")).__name__ == "SanaTransformer2DModel" and "text_encoder" in out:
+        instruction = call_default(pipe, "complex_human_instruction")
+        if instruction:
+            out["text_encoder"] += len(pipe.tokenizer.encode("\n".join(instruction))) - 2
+    return out
+
+
 def call_options(pipe) -> dict:
     """Keyword arguments every diffprune call of ``pipe`` adds: PixArt and Sana would otherwise snap the size to
     their aspect-ratio bins (the size asked for is drawn exactly), and clean captions with optional libraries

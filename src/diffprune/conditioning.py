@@ -9,16 +9,10 @@ SD3's three encoders, Flux's pooled CLIP vector.
 
 from __future__ import annotations
 
-import inspect
 
 import torch
 
-from diffprune.anatomy import denoiser_of, is_unet, text_lengths
-
-
-def _call_default(pipe, name: str):
-    parameter = inspect.signature(type(pipe).__call__).parameters.get(name)
-    return None if parameter is None else parameter.default
+from diffprune.anatomy import call_default, denoiser_of, is_unet, text_lengths
 
 
 @torch.no_grad()
@@ -35,7 +29,7 @@ def encode_prompts(pipe, captions: list[str], device) -> dict[str, torch.Tensor]
     if kind in ("PixArtTransformer2DModel", "SanaTransformer2DModel"):
         extra = {"clean_caption": False}
         if kind == "SanaTransformer2DModel":
-            extra["complex_human_instruction"] = _call_default(pipe, "complex_human_instruction")
+            extra["complex_human_instruction"] = call_default(pipe, "complex_human_instruction")
         embeds, mask, _, _ = pipe.encode_prompt(captions, do_classifier_free_guidance=False, device=device,
                                                 max_sequence_length=lengths["text_encoder"], **extra)
         return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}

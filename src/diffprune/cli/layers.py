@@ -15,12 +15,13 @@ from diffprune.cli.source import add_source_options
 def add_commands(sub) -> None:
     from diffprune.layers import BUDGETS, CRITERIA, GRANULARITIES, PRESETS
 
-    p = sub.add_parser("prune-layers", help="remove U-Net layers (one-shot criterion or BK-SDM preset); save")
+    p = sub.add_parser("prune-layers", help="remove U-Net layers or transformer blocks (one-shot criterion, or a BK-SDM "
+                                                  "preset for U-Nets); save")
     add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write the pruned pipeline to")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier diffprune output folder (and an existing --json file)")
-    p.add_argument("--ratio", type=float, help="share of the U-Net to remove (by --budget)")
+    p.add_argument("--ratio", type=float, help="share of the denoiser to remove (by --budget)")
     p.add_argument("--preset", choices=PRESETS, help="handcrafted BK-SDM removal instead of a criterion")
     p.add_argument("--budget", choices=BUDGETS, default="params", help="what --ratio counts (default params)")
     p.add_argument("--criterion", default="output-loss", metavar="C", help=f"{' | '.join(CRITERIA)} (default "

@@ -183,9 +183,6 @@ def _prepared(args, config, title: str):
     report = Report(args.out, title=f"{title}: {args.source}", overwrite=args.overwrite,
                     protect=input_paths(args))
     scorer, calibration, pipe = _scorer(args), _calibration(args), _load(args)
-    from diffprune.anatomy import denoiser_name
-
-    config.components = [denoiser_name(pipe) if c == "denoiser" else c for c in config.components]
     return report, scorer, calibration, pipe
 
 

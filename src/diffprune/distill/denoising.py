@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffprune.anatomy import denoiser_of, is_unet
+from diffprune.anatomy import denoiser_of, geometry, is_unet
 from diffprune.conditioning import encode_prompts
 from diffprune.errors import DiffpruneError
 
@@ -50,6 +50,7 @@ class Denoising:
     """The training view of one pipeline's denoiser (see the module docstring)."""
 
     kind: str  # "unet", "pixart", "sd3", "flux", "sana"
+    vae_scale_factor: int = 8  # pixels per latent cell (PixArt-alpha's size conditioning reads the image size)
 
     @classmethod
     def of(cls, pipe) -> "Denoising":
@@ -58,7 +59,7 @@ class Denoising:
             return cls("unet")
         kinds = {"PixArtTransformer2DModel": "pixart", "SD3Transformer2DModel": "sd3",
                  "FluxTransformer2DModel": "flux", "SanaTransformer2DModel": "sana"}
-        return cls(kinds[type(model).__name__])
+        return cls(kinds[type(model).__name__], geometry(pipe).vae_scale_factor)
 
     @property
     def flow(self) -> bool:
@@ -102,6 +103,12 @@ class Denoising:
         kwargs = dict(cond)
         if self.kind == "pixart":
             kwargs["added_cond_kwargs"] = {"resolution": None, "aspect_ratio": None}
+            if getattr(model, "module", model).use_additional_conditions:  # PixArt-alpha at 1024: size conditioning
+                h, w = (n * self.vae_scale_factor for n in noisy.shape[-2:])
+                batch = noisy.shape[0]
+                kwargs["added_cond_kwargs"] = {
+                    "resolution": torch.tensor([[h, w]], device=noisy.device, dtype=dtype).repeat(batch, 1),
+                    "aspect_ratio": torch.tensor([[h / w]], device=noisy.device, dtype=dtype).repeat(batch, 1)}
         out = model(hidden_states=noisy.to(dtype), timestep=timestep, **kwargs).sample.float()
         return out[:, :noisy.shape[1]]  # PixArt: the learned-variance channels are not trained on
 

@@ -56,6 +56,13 @@ def matched_sites(student, teacher, kind: str = "stages", history: list[dict] | 
     """``(student module, teacher module)`` pairs hooked in both models, in forward order."""
     if is_transformer(student):
         origin = block_origin(history or [], teacher)
+        for list_name in DIT_BLOCK_LISTS:
+            have = len(getattr(student, list_name, None) or [])
+            follows = sum(1 for name in origin if name.rpartition(".")[0] == list_name)
+            if have != follows:
+                raise DiffpruneError(
+                    f"the student has {have} {list_name} but the teacher and the recorded removals give {follows}: "
+                    "prune the pipeline (not a bare transformer) so that its history says which blocks went")
         teacher_modules = dict(teacher.named_modules())
         pairs = [(name, origin[name]) for name, _, _, _ in dit_blocks(student)
                  if name in origin and origin[name] in teacher_modules]

@@ -122,7 +122,7 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
         if config.criterion in ("output-loss", "taylor") and not is_pipeline(pipe) and \
                 (data is None or config.criterion == "taylor"):
             raise DiffpruneError(f"the {config.criterion} criterion calibrates through a whole pipeline; a bare "
-                                 "U-Net can be pruned by magnitude or random (or output-loss with recorded data)")
+                                 "denoiser can be pruned by magnitude or random (or output-loss with recorded data)")
         if config.criterion in ("output-loss", "taylor") and data is None:
             data = record_calibration(pipe, config.calibration, progress=progress)
         scores = score_units(pipe, candidates, config.criterion, data, seed=config.seed, progress=progress)
@@ -135,7 +135,7 @@ def plan(pipe, config: LayerPruningConfig, data: CalibrationSet | None = None, u
 def _check_unpatched(unet) -> None:
     patch = applied_runtime_patch(unet)
     if patch is not None:
-        raise DiffpruneError(f"the U-Net carries the run-time patch {patch[1]}; layer pruning changes the graph it "
+        raise DiffpruneError(f"the denoiser carries the run-time patch {patch[1]}; layer pruning changes the graph it "
                              "is installed on: remove it first (a recipe applies layers before tokens)")
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from diffprune.anatomy import DIT_BLOCK_LISTS, is_transformer
 from diffprune.errors import DiffpruneError, first_line
 
 from .standins import SkippedTransformer, is_skipped
@@ -27,7 +28,11 @@ VERSION = 1
 
 
 def is_layer_pruned(unet) -> bool:
-    """Whether ``unet`` differs from what its own configuration describes (units removed in memory)."""
+    """Whether ``unet`` differs from what its own configuration describes (units removed in memory). A diffusion
+    transformer's block removal updates its config, so it differs only while blocks are left out temporarily."""
+    if is_transformer(unet):
+        return any(len(getattr(unet, name)) != unet.config.get(key) for name, key in DIT_BLOCK_LISTS.items()
+                   if getattr(unet, name, None) is not None)
     if removed_modules(unet):
         return True
     return _depths(unet) != _config_depths(unet)
@@ -95,6 +100,10 @@ def plain_config(unet) -> dict | None:
 def save_unet(unet, folder: str | Path) -> str:
     """Write ``unet`` to ``folder`` (replacing what is there); returns ``"diffusers"`` or ``FORMAT``."""
     from diffusers import UNet2DConditionModel
+
+    if is_transformer(unet):
+        raise DiffpruneError(f"save_unet writes U-Nets; a {type(unet).__name__} with blocks removed has a plain "
+                             "config: save it with save_pretrained")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

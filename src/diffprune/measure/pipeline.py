@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from diffprune.anatomy import denoiser_name, denoiser_of, geometry, is_module, text_lengths
+from diffprune.anatomy import denoiser_name, denoiser_of, geometry, is_module, tokens_read
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 
@@ -151,7 +151,7 @@ def measure_pipeline(pipe, *, resolution: int | None = None, batch: int = 1, lat
             per_step = [flops.tflops] * steps
     te_flops, vae_flops = {}, None
     if not is_module(pipe):
-        for enc_name, length in (text_lengths(pipe) if family.is_dit else
+        for enc_name, length in (tokens_read(pipe) if family.is_dit else
                                  {n: text_length for n in ("text_encoder", "text_encoder_2")
                                   if getattr(pipe, n, None) is not None}).items():
             encoder = getattr(pipe, enc_name)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from diffprune.anatomy import denoiser_name, describe_kind, has_unet, is_pipeline
+from diffprune.anatomy import describe_kind, has_unet, is_pipeline
 from diffprune.distill import DistillResult, check_data_spec, check_pipelines, data_from_spec, distill
 from diffprune.errors import DiffpruneError
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
@@ -29,8 +29,9 @@ from diffprune.tokens import prune as prune_tokens
 from diffprune.weights import PruneResult
 from diffprune.weights import prune as prune_weights
 from diffprune.weights.prune import check_recipe
+from diffprune.weights.targets import resolve_components
 
-from .spec import DENOISER, Recipe
+from .spec import Recipe
 
 
 @dataclass
@@ -60,7 +61,7 @@ class CompressResult:
 def weight_configs(pipe, recipe: Recipe) -> dict:
     """The recipe's weight-pruning configs by component, ``denoiser`` resolved to the pipeline's U-Net or
     transformer."""
-    return {(denoiser_name(pipe) if c == DENOISER else c): w.config() for c, w in recipe.weights.items()}
+    return {name: w.config() for name, w in zip(resolve_components(pipe, recipe.weights), recipe.weights.values())}
 
 
 def check(pipe, recipe: Recipe, *, work_dir=None) -> None:

@@ -26,10 +26,7 @@ from diffprune.errors import DiffpruneError
 from diffprune.layers import BUDGETS, CRITERIA, GRANULARITIES, PRESETS, SOLVERS
 from diffprune.tokens import parse_spec
 from diffprune.weights import make_config
-from diffprune.weights.targets import PRUNABLE_COMPONENTS
-
-#: a recipe's name for the pipeline's denoiser, whichever it is (``unet`` or ``transformer``)
-DENOISER = "denoiser"
+from diffprune.weights.targets import DENOISER, PRUNABLE_COMPONENTS  # DENOISER: unet or transformer, whichever
 
 
 def _check_keys(cls, data, where: str) -> None:

@@ -1,4 +1,5 @@
-"""Post-training weight pruning of text encoders and U-Nets: magnitude, Wanda, OWL, SparseGPT, random; N:M."""
+"""Post-training weight pruning of text encoders and denoisers (U-Nets, diffusion transformers): magnitude, Wanda,
+OWL, SparseGPT, random; N:M."""
 
 from diffprune.formats import StateFormat, register_state_format
 from diffprune.prompt_files import read_prompt_file

@@ -36,7 +36,7 @@ class CalibrationConfig:
     timestep_weighting: str = "log_decrease"  # or "uniform"
     weight_min: float = 0.8
     weight_max: float = 1.2
-    groups: int = 4                    # U-Net layers are calibrated and pruned in this many packs of blocks
+    groups: int = 4                    # denoiser layers are calibrated and pruned in this many packs of blocks
 
     def validate(self) -> None:
         if self.timestep_weighting not in ("log_decrease", "uniform"):

@@ -9,7 +9,7 @@ back recovers the most quality, until the combination is within budget.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from tqdm.auto import tqdm
 
@@ -17,14 +17,14 @@ from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
-from diffprune.weights.targets import DENOISERS
+from diffprune.weights.targets import DENOISER, DENOISERS, resolve_components
 from diffprune.weights.sweep import LOWER_IS_BETTER, backup_weights, restore_weights
 
 
 @dataclass
 class SearchConfig:
     method: str = "magnitude"
-    components: list[str] = field(default_factory=lambda: ["text_encoder", "unet"])
+    components: list[str] = field(default_factory=lambda: ["text_encoder", DENOISER])  # denoiser: unet or transformer
     budget: float = 0.02          # largest allowed quality drop, in the metric's units (0.02 = 2 points)
     metric: str = "accuracy_all"
     step: float = 0.025
@@ -104,6 +104,7 @@ class _Evaluator:
 def search(pipe, config: SearchConfig, score: Callable[[object], dict],
            calibration: CalibrationConfig | None = None, *, progress: bool = False) -> SearchResult:
     config.validate()
+    config = replace(config, components=resolve_components(pipe, config.components))
     check_recipe(pipe, {c: make_config(config.method, config.step, **method_options(
                             config.method, scope=config.scope, include_conv=config.include_conv and c in DENOISERS))
                         for c in config.components})

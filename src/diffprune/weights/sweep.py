@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +17,7 @@ from diffprune.errors import DiffpruneError
 from diffprune.weights.calibrate import CalibrationConfig
 from diffprune.weights.config import make_config, method_options
 from diffprune.weights.prune import check_recipe, prune
-from diffprune.weights.targets import DENOISERS
+from diffprune.weights.targets import DENOISER, DENOISERS, resolve_components
 
 LOWER_IS_BETTER = ("fd", "fid")
 
@@ -25,7 +25,7 @@ LOWER_IS_BETTER = ("fd", "fid")
 @dataclass
 class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["magnitude"])
-    components: list[str] = field(default_factory=lambda: ["text_encoder", "unet"])
+    components: list[str] = field(default_factory=lambda: ["text_encoder", DENOISER])  # denoiser: unet or transformer
     sparsities: list[float] = field(default_factory=lambda: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7])
     metric: str = "accuracy_all"
     pattern: str = "unstructured"
@@ -103,6 +103,7 @@ def run_sweep(pipe, config: SweepConfig, score: Callable[[object], dict], calibr
               *, progress: bool = False) -> SweepResult:
     """Evaluate ``score(pipe)`` (a dict of metrics) on the dense pipeline and at every grid point."""
     config.validate()
+    config = replace(config, components=resolve_components(pipe, config.components))
     recipes = {(m, c, s): {c: make_config(m, s, **method_options(
                                m, pattern=config.pattern, scope=config.scope, seed=config.seed,
                                include_conv=config.include_conv and c in DENOISERS))}

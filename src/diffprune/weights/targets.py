@@ -14,15 +14,22 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from diffprune.anatomy import is_denoiser, is_unet
+from diffprune.anatomy import denoiser_name, is_denoiser, is_unet
 from diffprune.errors import DiffpruneError
 
 #: in the order they are pruned: text encoders first, then the denoiser (calibrated on the pruned encoders' output)
 PRUNABLE_COMPONENTS = ("text_encoder", "text_encoder_2", "text_encoder_3", "unet", "transformer")
 DENOISERS = ("unet", "transformer")
+#: a component name that stands for the pipeline's denoiser, whichever it is
+DENOISER = "denoiser"
 #: where each kind of text encoder keeps its blocks (transformers 5 dropped CLIP's ``text_model`` level)
 _ENCODER_BLOCKS = ("text_model.encoder.layers", "encoder.layers", "encoder.block", "layers")
 _DIT_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
+
+
+def resolve_components(pipe, names) -> list[str]:
+    """``names`` with :data:`DENOISER` replaced by the pipeline's denoiser (``unet`` or ``transformer``)."""
+    return [denoiser_name(pipe) if name == DENOISER else name for name in names]
 
 
 @dataclass
