@@ -52,6 +52,18 @@ def test_targets_cover_every_linear_in_forward_order():
     assert convs and all(".ff." in t.name for t in convs if t.group.startswith("transformer_blocks"))
 
 
+def test_calibrated_methods_refuse_sanas_depthwise_convolution_and_magnitude_prunes_it():
+    sana = diffprune.load("random:tiny-sana", seed=0)
+    before = {k: v.clone() for k, v in sana.transformer.state_dict().items()}
+    for method in ("wanda", "sparsegpt"):
+        with pytest.raises(diffprune.DiffpruneError, match="depthwise"):
+            weights.prune(sana, {"transformer": weights.make_config(method, 0.5, include_conv=True)})
+    assert all(torch.equal(before[k], v) for k, v in sana.transformer.state_dict().items())  # checked first
+    weights.prune(sana, {"transformer": weights.MagnitudeConfig(sparsity=0.5, include_conv=True)})
+    depthwise = next(m for m in sana.transformer.modules() if isinstance(m, nn.Conv2d) and m.groups > 1)
+    assert float((depthwise.weight == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+
+
 @pytest.mark.parametrize("method,config", [
     ("magnitude", weights.MagnitudeConfig(sparsity=0.5)),
     ("wanda", weights.WandaConfig(sparsity=0.5)),
