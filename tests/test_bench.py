@@ -113,3 +113,20 @@ def test_claims_run_end_to_end_on_small_settings(tmp_path):
     folder = write_claims_report(result, tmp_path / "claims")
     table = json.loads((folder / "report.json").read_text())["claims"]
     assert len(table) == 11 and {"claim", "source's number", "measured here", "holds?"} <= set(table[0])
+
+
+def test_bench_on_a_transformer_reports_where_parameters_and_flops_sit(tmp_path):
+    from diffprune.measure import denoiser_inputs, parameter_groups
+
+    pipe = diffprune.load("random:tiny-pixart", seed=0)
+    config = BenchConfig(prompts=2, steps=2, latency_repeats=1, latency_warmup=0, progress=False)
+    result = run_bench(pipe, [load_recipe("dit-half")], config, name="random:tiny-pixart")
+    base, half = result.variants
+    assert half.params < base.params and half.nonzero_params < half.params
+    rows = [r for r in json.loads((write_bench_report(result, tmp_path / "r") / "report.json").read_text())["roles"]
+            if r["role"] == "modulation"]
+    assert [r["variant"] for r in rows] == ["baseline", "dit-half"]
+    size = diffprune.archs.arch_spec("tiny-pixart")["resolution"]
+    by_role = parameter_groups(pipe.transformer, denoiser_inputs(pipe.transformer, resolution=size))
+    assert rows[0]["params (M)"] * 1e6 == pytest.approx(by_role["modulation"].params)
+    assert rows[1]["params (M)"] < rows[0]["params (M)"]  # removed blocks took their modulation layers along

@@ -33,6 +33,14 @@ def table_rows(result: BenchResult) -> list[dict]:
     return rows
 
 
+def role_rows(result: BenchResult) -> list[dict]:
+    """For transformer pipelines: per variant and role (attention, feed-forward, AdaLN modulation, ...), the
+    parameters and their shares of parameters and of FLOPs per call; empty for U-Nets."""
+    return [{"variant": v.name, "role": role, "params (M)": g["params"] / 1e6, "share of params": g["param_share"],
+             "share of FLOPs": g["flop_share"]}
+            for v in result.variants if v.groups for role, g in v.groups.items() if g["params"] or g["flops"]]
+
+
 def _pareto_figure(result: BenchResult):
     from matplotlib.figure import Figure
 
@@ -70,6 +78,9 @@ def write_bench_report(result: BenchResult, out_dir: str | os.PathLike, *, overw
                           f"Pareto front. On the FLOPs front: {', '.join(result.variants[i].name for i in front)}.")
     report.table([{"variant": v.name, "steps": "; ".join(v.steps) or "(uncompressed)"} for v in result.variants],
                  heading="What each recipe did")
+    roles = role_rows(result)
+    if roles:
+        report.table(roles, heading="Where the transformer's parameters and FLOPs sit", key="roles")
     n = min(config.grid_prompts, len(result.captions))
     images, captions = [], []
     for row in range(n):

@@ -53,6 +53,7 @@ class VariantResult:
     quality: dict
     latency_s: float | None = None
     latency_ratio: float | None = None
+    groups: dict[str, dict] | None = None  # a transformer's parameters and FLOPs by role (measure_pipeline)
     images: torch.Tensor | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
@@ -199,7 +200,7 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
             disk_bytes=_disk_bytes(pipe, recipe is not None and bool(recipe.weights)),
             gflops_per_image=measured.flops_per_image(guidance=config.guidance_scale > 1) / 1e9,
             weights_bytes=sum(c.bytes for c in params.components.values()),
-            generation_bytes=memory.delta_bytes, quality=quality, images=images))
+            generation_bytes=memory.delta_bytes, quality=quality, groups=measured.groups, images=images))
         pipes[label] = pipe
         bar.update()
     bar.close()
