@@ -179,6 +179,8 @@ def test_semi_structured_weights_give_the_dense_result_and_go_back_exactly():
     expected = model(x)
     assert semistructured.apply(model) == ["0"] and semistructured.apply(model) == ["0"]  # idempotent
     assert torch.allclose(model(x), expected, atol=1e-2, rtol=1e-2)
+    with pytest.raises(diffprune.DiffpruneError, match="semi-structured"):
+        diffprune.measure.count_params(model)
     assert semistructured.remove(model) == 1 and torch.equal(model[0].weight, dense)
 
 

@@ -102,6 +102,18 @@ def model_components(obj) -> dict[str, nn.Module]:
     return {k: v for k, v in {**known, **extra}.items() if isinstance(v, nn.Module)}
 
 
+def sparse_kernel_weights(obj) -> list[str]:
+    """Parameters of a pipeline's models (or of one module) held as GPU semi-structured sparse tensors (put there
+    by ``diffprune.weights.semistructured.apply``): they cannot be saved or counted as dense tensors."""
+    import torch
+
+    kind = getattr(torch.sparse, "SparseSemiStructuredTensor", None)
+    if kind is None:
+        return []
+    return [f"{c}.{n}" for c, m in model_components(obj).items() for n, p in m.named_parameters()
+            if isinstance(p.data, kind) or isinstance(p, kind)]
+
+
 def describe_kind(obj) -> str:
     """A few words naming what ``obj`` is, for error messages."""
     if is_denoiser(obj):

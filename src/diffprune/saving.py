@@ -10,7 +10,7 @@ from pathlib import Path
 from torch import nn
 
 from diffprune._fs import MANIFEST, staged_dir
-from diffprune.anatomy import denoiser_of
+from diffprune.anatomy import denoiser_of, sparse_kernel_weights
 from diffprune.archs.family import detect_family
 from diffprune.errors import DiffpruneError
 from diffprune.formats import state_format, structure_formats, weights_format_options
@@ -37,6 +37,10 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     from diffprune import __version__
 
     family = detect_family(pipe)
+    sparse = sparse_kernel_weights(pipe)
+    if sparse:
+        raise DiffpruneError(f"{sparse[0]} holds a semi-structured sparse GPU weight: call "
+                             "diffprune.weights.semistructured.remove first (the saved weights are the dense ones)")
     if any(p.device.type == "meta" for p in denoiser_of(pipe).parameters()):
         raise DiffpruneError("this pipeline was built on the meta device and has no weights to save")
     info = dict(getattr(pipe, "_diffprune", None) or {})

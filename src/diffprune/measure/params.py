@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from diffprune.anatomy import model_components
+from diffprune.anatomy import model_components, sparse_kernel_weights
+from diffprune.errors import DiffpruneError
 
 
 @dataclass
@@ -62,5 +63,9 @@ def component_params(module: nn.Module, *, count_nonzero: bool = True) -> Compon
 
 def count_params(obj, *, count_nonzero: bool = True) -> ParamCounts:
     """Per-component parameter counts of a pipeline (or a single module, reported as ``model``)."""
+    sparse = sparse_kernel_weights(obj)
+    if sparse:
+        raise DiffpruneError(f"{sparse[0]} holds a semi-structured sparse GPU weight: count before "
+                             "diffprune.weights.semistructured.apply or after remove")
     return ParamCounts({name: component_params(m, count_nonzero=count_nonzero)
                         for name, m in model_components(obj).items()})
