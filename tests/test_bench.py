@@ -103,7 +103,7 @@ def test_claims_run_end_to_end_on_small_settings(tmp_path):
     result = run_claims(config)
     papers = [c.paper for c in result.claims]
     assert papers.count("SD-2 pruning study") == 3 and papers.count("LAPTOP-Diff") == 2 and papers.count("AT-EDM") == 3
-    assert papers[-3:] == ["FLUX.1 / Chroma", "TinyFusion", "OBS-Diff"]
+    assert all(papers.count(p) == 1 for p in ("FLUX.1 / Chroma", "TinyFusion", "OBS-Diff"))
     assert all(c.verdict in ("yes", "no", "n/a") for c in result.claims)
     m = result.measurements
     assert m["atedm_flops"]["pruned_tflops"] < m["atedm_flops"]["base_tflops"]
