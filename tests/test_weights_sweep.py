@@ -101,3 +101,5 @@ def test_sweep_and_search_default_to_the_pipelines_denoiser_on_a_transformer():
     assert all(torch.equal(before[k], v) for k, v in pipe.transformer.state_dict().items())
     found = search(pipe, SearchConfig(budget=0.35, step=0.1, max_sparsity=0.5), quality)
     assert found.best == {"text_encoder": 0.5, "transformer": 0.3}
+    with pytest.raises(DiffpruneError, match="named twice"):
+        run_sweep(pipe, SweepConfig(components=["transformer", "denoiser"], sparsities=[0.5]), quality)

@@ -9,7 +9,6 @@ SD3's three encoders, Flux's pooled CLIP vector.
 
 from __future__ import annotations
 
-
 import torch
 
 from diffprune.anatomy import call_default, denoiser_of, is_unet, text_lengths

@@ -38,6 +38,8 @@ class Testbed:
     """A shapes testbed (``shapes`` or ``shapes-dit``) and its suite, every variant from a fresh copy of the trained
     pipeline; ``config`` needs ``prompts``, ``seed`` and ``steps``, ``bar`` is updated once per evaluation."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self, config, bar, source: str = "shapes"):
         from diffprune.testbed.evaluator import load_evaluator
 

@@ -27,11 +27,13 @@ def modulation_claim(config, out: dict) -> Claim:
     share = groups["modulation"]
     out["modulation"] = {"arch": config.modulation_arch, **share.to_json()}
     return Claim("FLUX.1 / Chroma", "the AdaLN modulation layers hold about a quarter of Flux's parameters and "
-                 "almost none of its FLOPs", "3.23 B of 11.9 B parameters (27.1 %); Chroma drops them: "
-                 "11.89 B -> 8.90 B", f"{share.params / 1e9:.2f} B parameters ({share.param_share:.1%}), "
+                 "almost none of its FLOPs", "per-block AdaLN linears: 3.23 B of 11.90 B (27.1 %, calculated from "
+                 "the FLUX.1-dev config); Chroma, FLUX.1-schnell without them: 11.89 B -> 8.90 B",
+                 f"{share.params / 1e9:.2f} B parameters ({share.param_share:.1%}), "
                  f"{share.flop_share:.3%} of the FLOPs", 0.25 <= share.param_share <= 0.30 and share.flop_share < 0.01,
                  f"{config.modulation_arch} transformer at {config.flops_resolution}², one call, counted on meta; "
-                 "holds: 25-30 % of parameters, under 1 % of FLOPs")
+                 "every AdaLN modulation linear, the output layer's included; holds: 25-30 % of parameters, "
+                 "under 1 % of FLOPs")
 
 
 def depth_claim(config, out: dict) -> Claim:
@@ -74,4 +76,4 @@ def obs_claim(config, out: dict, bar) -> Claim:
                  f"all-attributes dense {pct(quality['dense'])}, sparsegpt {pct(quality['sparsegpt'])}, "
                  f"wanda {pct(quality['wanda'])}", ahead(quality["sparsegpt"], [quality["wanda"]]),
                  f"{config.dit_source} testbed, transformer Linear layers at 50 %, {config.calibration_prompts} "
-                 "calibration prompts through the pipeline, log-decrease timestep weights")
+                 f"calibration prompts through the pipeline, {calibration.timestep_weighting} timestep weights")

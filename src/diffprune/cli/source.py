@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-#: the architectures ``random:<arch>`` builds (``diffprune.archs.available()``; a test keeps the two in step)
-RANDOM_ARCHS = ("U-Nets sd15, sd21, sdxl; transformers pixart-sigma, sd3-medium, sd35-medium, sd35-large, "
-                "flux-schnell, flux-dev, sana-600m, sana-1600m; test variants tiny-sd, tiny-sdxl, tiny-pixart, "
-                "tiny-sd3, tiny-sd35, tiny-flux, tiny-sana")
+#: the architectures ``random:<arch>`` builds, by kind (``diffprune.archs.available()``, which imports torch;
+#: a test keeps the two equal)
+RANDOM_ARCHS = {
+    "U-Nets": ("sd15", "sd21", "sdxl"),
+    "transformers": ("pixart-sigma", "sd3-medium", "sd35-medium", "sd35-large", "flux-schnell", "flux-dev",
+                     "sana-600m", "sana-1600m"),
+    "test variants": ("tiny-sd", "tiny-sdxl", "tiny-pixart", "tiny-sd3", "tiny-sd35", "tiny-flux", "tiny-sana"),
+}
 
 # options that name something the command reads: no output may overlap them
 _INPUT_OPTIONS = ("config", "recipe", "calib_prompts", "prompts_file", "reference", "reference_images", "inception_weights",
@@ -17,7 +21,8 @@ _INPUT_OPTIONS = ("config", "recipe", "calib_prompts", "prompts_file", "referenc
 def add_source_options(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
     p.add_argument("source", metavar="SOURCE", **({"nargs": "?"} if optional else {}),
                    help="Hub id, local diffusers folder, single-file checkpoint, 'shapes' or 'shapes-dit' (the "
-                        f"bundled testbeds), or random:<arch> ({RANDOM_ARCHS})")
+                        "bundled testbeds), or random:<arch> ("
+                        + "; ".join(f"{kind} {', '.join(names)}" for kind, names in RANDOM_ARCHS.items()) + ")")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="load weights in this precision")
     p.add_argument("--config", help="for single-file checkpoints: diffusers folder or Hub id with matching configs")
     p.add_argument("--no-verify", action="store_true",

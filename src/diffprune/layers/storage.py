@@ -27,15 +27,16 @@ FORMAT = "diffprune-layers"
 VERSION = 1
 
 
-def is_layer_pruned(unet) -> bool:
-    """Whether ``unet`` differs from what its own configuration describes (units removed in memory). A diffusion
-    transformer's block removal updates its config, so it differs only while blocks are left out temporarily."""
-    if is_transformer(unet):
-        return any(len(getattr(unet, name)) != unet.config.get(key) for name, key in DIT_BLOCK_LISTS.items()
-                   if getattr(unet, name, None) is not None)
-    if removed_modules(unet):
+def is_layer_pruned(model) -> bool:
+    """Whether ``model`` (a U-Net or a diffusion transformer) differs from what its own configuration describes
+    (units removed in memory). A transformer's block removal updates its config, so it differs only while blocks
+    are left out temporarily."""
+    if is_transformer(model):
+        return any(len(getattr(model, name)) != model.config.get(key) for name, key in DIT_BLOCK_LISTS.items()
+                   if getattr(model, name, None) is not None)
+    if removed_modules(model):
         return True
-    return _depths(unet) != _config_depths(unet)
+    return _depths(model) != _config_depths(model)
 
 
 def is_layer_pruned_unet(module) -> bool:
@@ -102,8 +103,8 @@ def save_unet(unet, folder: str | Path) -> str:
     from diffusers import UNet2DConditionModel
 
     if is_transformer(unet):
-        raise DiffpruneError(f"save_unet writes U-Nets; a {type(unet).__name__} with blocks removed has a plain "
-                             "config: save it with save_pretrained")
+        raise DiffpruneError(f"save_unet writes U-Nets only; a {type(unet).__name__} keeps its block counts in its "
+                             "config: use diffprune.save or save_pretrained")
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

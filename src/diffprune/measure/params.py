@@ -66,6 +66,6 @@ def count_params(obj, *, count_nonzero: bool = True) -> ParamCounts:
     sparse = sparse_kernel_weights(obj)
     if sparse:
         raise DiffpruneError(f"{sparse[0]} holds a semi-structured sparse GPU weight: count before "
-                             "diffprune.weights.semistructured.apply or after remove")
+                             "diffprune.weights.semistructured.apply or after diffprune.weights.semistructured.remove(model)")
     return ParamCounts({name: component_params(m, count_nonzero=count_nonzero)
                         for name, m in model_components(obj).items()})

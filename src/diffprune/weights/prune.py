@@ -100,7 +100,7 @@ def check_recipe(pipe, recipe: dict[str, PruneConfig]) -> dict[str, list[Target]
         grouped = next((t.name for t in targets if getattr(t.module, "groups", 1) > 1), None)
         if config.needs_calibration and grouped is not None:
             raise DiffpruneError(f"{config.method} calibrates dense input columns; {name}.{grouped} is a grouped "
-                                 "(depthwise) convolution: prune convolutions by magnitude or leave them out")
+                                 "(depthwise) convolution: prune convolutions by magnitude, or set include_conv=False (drop --conv)")
         check_pattern_fits(targets, config.nm, name)
         out[name] = targets
     return out

@@ -29,7 +29,12 @@ _DIT_BLOCKS = ("transformer_blocks", "single_transformer_blocks")
 
 def resolve_components(pipe, names) -> list[str]:
     """``names`` with :data:`DENOISER` replaced by the pipeline's denoiser (``unet`` or ``transformer``)."""
-    return [denoiser_name(pipe) if name == DENOISER else name for name in names]
+    resolved = [denoiser_name(pipe) if name == DENOISER else name for name in names]
+    twice = next((name for name in resolved if resolved.count(name) > 1), None)
+    if twice is not None:
+        raise DiffpruneError(f"'{twice}' is named twice" + (f" (give {DENOISER} or {twice}, not both)"
+                                                             if DENOISER in names else ""))
+    return resolved
 
 
 @dataclass
