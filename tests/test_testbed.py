@@ -63,6 +63,16 @@ def test_weights_fit_the_size_budget():
     assert log["config"]["seed"] == 0 and sum(log["seconds"][k] for k in ("evaluator", "vae", "diffusion")) <= 3 * 3600
 
 
+def test_shipped_weights_come_from_the_default_training_config():
+    # `python -m diffprune.testbed.train` with no options must reproduce what ships, so the config must match.
+    from dataclasses import asdict
+
+    from diffprune.testbed.train import TrainConfig
+
+    log = json.loads((WEIGHTS_DIR / "training.json").read_text())
+    assert log["config"] == json.loads(json.dumps(asdict(TrainConfig())))
+
+
 def test_evaluator_reads_heldout_ground_truth(evaluator):
     items = sample_scenes(400, seed=12345, split="heldout")
     images = to_float(render_images(items))

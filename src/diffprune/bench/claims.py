@@ -3,7 +3,7 @@ diffusion-transformer work it follows (:mod:`diffprune.bench.claims_dit`), re-me
 ``claim | source's number | measured here | holds?``.
 
 FLOPs are counted on the full-size published architectures (meta device: exact shapes, no weights). Quality
-claims are measured on the shapes testbed, where the evaluator is exact; the testbed is a 6 M-parameter model,
+claims are measured on the shapes testbed, where the evaluator is exact; the testbed is a 3.7 M-parameter model,
 so its thresholds (sparsities, ratios) are not SD's — a claim *holds* when the same ordering or shape appears
 (e.g. magnitude ahead of Wanda at high sparsity, a sudden collapse), not the same number. Wall-clock speed is
 timed on this machine at a reduced resolution. What was scaled down is listed in the report.
@@ -205,7 +205,7 @@ def run_claims(config: ClaimsConfig | None = None) -> ClaimsResult:
                    claims_dit.obs_claim(config, out, bar)]
     claims.append(_atedm_speed(config, out))
     out["dense_accuracy_all"] = tb.dense
-    scaled = [f"quality on the shapes testbed (6 M parameters, 64x64), {config.prompts} held-out prompts, "
+    scaled = [f"quality on the shapes testbed (3.7 M parameters, 64x64), {config.prompts} held-out prompts, "
               f"{config.steps} steps — not SD's FID/CLIP on COCO",
               f"speed: one U-Net call of {config.speed_arch} at {config.speed_resolution}² on this CPU, "
               f"not {config.flops_resolution}² on a GPU",
