@@ -77,6 +77,19 @@ def test_bk_sdm_presets_have_the_published_sizes():
     assert sum(p.numel() for p in build_preset(unet, "bk-tiny").parameters()) == 323_384_964
 
 
+def test_every_bk_sdm_preset_builds_from_the_testbed():
+    # The testbed's two innermost stages share a width (64), so even Tiny applies; each preset keeps the I/O shape.
+    unet = diffprune.load("shapes").unet
+    kwargs = unet_inputs(unet, resolution=64, batch=1)
+    sizes = []
+    for name in ("bk-base", "bk-small", "bk-tiny"):
+        student = build_preset(unet, name)
+        sizes.append(sum(p.numel() for p in student.parameters()))
+        with torch.no_grad():
+            assert student(**kwargs)[0].shape == unet(**kwargs)[0].shape
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] < 0.45 * sum(p.numel() for p in unet.parameters())
+
+
 @pytest.fixture
 def pipe():
     return diffprune.load("random:tiny-sdxl", seed=0)
