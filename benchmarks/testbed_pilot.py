@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     from diffprune.testbed.checkpoint import Checkpointer
     from diffprune.testbed.data import render_images, sample_scenes
     from diffprune.testbed.models import TestbedArch, build_models, sampling_scheduler
-    from diffprune.testbed.train import TrainConfig, encode_latents, train_diffusion
+    from diffprune.testbed.loop import encode_latents
+    from diffprune.testbed.train import TrainConfig, train_diffusion
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=500)

@@ -30,8 +30,9 @@ from .checkpoint import Batches, Checkpointer
 from .data import render_images, sample_scenes
 from .dit import PIPELINE_TEXT_LENGTH, DitArch, build_dit_models, dit_forward
 from .models import sampling_scheduler
-from .train import (add_run_options, after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses, lr_lambda,
-                    noise_schedule, param_groups, start_run, training_step)
+from .loop import (after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses, lr_lambda, noise_schedule,
+                   param_groups, training_step)
+from .train import add_run_options, start_run
 
 
 @dataclass
