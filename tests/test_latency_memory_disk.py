@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffprune import DiffpruneError
-from diffprune.measure import compare_latency, disk_usage, measure_latency, peak_memory
+from diffprune.measure import compare_latency, disk_usage, measure_latency, peak_memory, release_free_memory
 
 
 class FakeClock:
@@ -94,3 +94,21 @@ def test_disk_usage_per_component(tmp_path):
     assert usage.total_bytes == 1012
     with pytest.raises(DiffpruneError):
         disk_usage(tmp_path / "nope")
+
+
+def test_peak_memory_sees_the_same_peak_when_a_call_is_measured_twice():
+    # Many small tensors come from the C allocator's heap, which keeps them after they are freed. Without handing
+    # that memory back before each measurement, the second call would reuse it and show no growth at all (the
+    # bench measured its baseline first, so every recipe looked lighter than the baseline).
+    import torch
+
+    def many_small():
+        blocks = [torch.ones(16 * 1024) for _ in range(3200)]  # 3 200 x 64 KiB = 200 MiB
+        total = sum(float(b[0]) for b in blocks[::100])
+        del blocks
+        return total
+
+    deltas = [peak_memory(many_small, interval=0.001)[1].delta_bytes for _ in range(3)]
+    if not release_free_memory():
+        pytest.skip("the C library cannot hand freed memory back (no malloc_trim)")
+    assert min(deltas) >= 0.75 * 200 * 2**20

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import resource
 import threading
@@ -34,6 +37,26 @@ def current_rss() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand memory that the C allocator holds but nothing uses back to the operating system (glibc's
+    ``malloc_trim``), so that the resident set size afterwards counts live memory only. Returns whether it could
+    (False where the C library has no such call)."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 class _RssSampler(threading.Thread):
     def __init__(self, interval: float):
         super().__init__(daemon=True)
@@ -56,8 +79,9 @@ def peak_memory(fn: Callable[[], object], *, device: str = "cpu", interval: floa
     """Run ``fn()`` and return ``(result, PeakMemory)``.
 
     On CUDA the allocator's own peak is exact. On the CPU the resident set size is sampled every
-    ``interval`` seconds, so a spike shorter than that can be missed; it includes memory that PyTorch
-    freed but the C allocator kept, which is what the operating system sees.
+    ``interval`` seconds, so a spike shorter than that can be missed. Before the baseline is read, memory that
+    the C allocator kept from earlier work is handed back (:func:`release_free_memory`): otherwise a call that
+    reuses it would show no growth, and of several calls measured in turn only the first would show its peak.
     """
     if device.startswith("cuda"):
         dev = torch.device(device)
@@ -67,6 +91,7 @@ def peak_memory(fn: Callable[[], object], *, device: str = "cpu", interval: floa
         result = fn()
         torch.cuda.synchronize(dev)
         return result, PeakMemory(device, base, torch.cuda.max_memory_allocated(dev), "cuda allocator peak")
+    release_free_memory()
     sampler = _RssSampler(interval)
     base = sampler.peak
     sampler.start()

@@ -5,11 +5,27 @@ and the layout curriculum, one optimizer step with EMA, and the checkpoint and l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
 from .checkpoint import Checkpointer, capture
 from .data import to_float
+
+
+@dataclass
+class TimestepDraws:
+    """How a trainer draws its timesteps (read by :func:`draw_batch`); the testbeds' configs extend it."""
+
+    # share of each batch whose timesteps are drawn from [high_noise_from, 1000) instead of [0, 1000): position,
+    # colour and shape of flat objects are decided at high noise, where uniform sampling spends few samples
+    high_noise_share: float = 0.5
+    high_noise_from: int = 600
+    # curriculum: the first curriculum_steps steps draw every timestep from [curriculum_from, 1000), where the
+    # target is the layout the caption asks for (at zero terminal SNR the v-target there is the clean image),
+    # so the model learns where things go before it learns to draw them well
+    curriculum_steps: int = 800
+    curriculum_from: int = 900
 
 
 def lr_lambda(warmup: int, total: int):

@@ -25,13 +25,13 @@ from .checkpoint import Batches, Checkpointer, capture
 from .data import augment, extra_object_items, render_images, sample_layouts, sample_scenes, to_float
 from .evaluator import ShapesEvaluator, evaluator_loss, load_evaluator, scene_targets
 from .scoring import score_scene
-from .loop import (after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses, lr_lambda, noise_schedule,
-                   param_groups, training_step)
+from .loop import (TimestepDraws, after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses,
+                   lr_lambda, noise_schedule, param_groups, training_step)
 from .models import TestbedArch, build_models, sampling_scheduler
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TimestepDraws):
     seed: int = 0
     arch: TestbedArch = field(default_factory=lambda: TestbedArch(unet_channels=(32, 64, 64), unet_head_dim=16))
     two_object_prob: float = 0.4
@@ -59,15 +59,6 @@ class TrainConfig:
     # zero terminal SNR + v-prediction: the last timestep is pure noise, so no layout leaks from the noise, and
     # the loss still weighs the layout at high noise (an epsilon loss weighs it by SNR, close to zero there)
     zero_terminal_snr: bool = True
-    # share of each batch whose timesteps are drawn from [high_noise_from, 1000) instead of [0, 1000): position,
-    # colour and shape of flat objects are decided at high noise, where uniform sampling spends few samples
-    high_noise_share: float = 0.5
-    high_noise_from: int = 600
-    # curriculum: the first curriculum_steps steps draw every timestep from [curriculum_from, 1000), where the
-    # target is the layout the caption asks for (at zero terminal SNR the v-target there is the clean image),
-    # so the model learns where things go before it learns to draw them well
-    curriculum_steps: int = 800
-    curriculum_from: int = 900
 
     @classmethod
     def quick(cls) -> "TrainConfig":

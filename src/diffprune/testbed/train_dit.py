@@ -30,13 +30,13 @@ from .checkpoint import Batches, Checkpointer
 from .data import render_images, sample_scenes
 from .dit import PIPELINE_TEXT_LENGTH, DitArch, build_dit_models, dit_forward
 from .models import sampling_scheduler
-from .loop import (after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses, lr_lambda, noise_schedule,
-                   param_groups, training_step)
+from .loop import (TimestepDraws, after_diffusion_step, draw_batch, encode_latents, log_diffusion_losses,
+                   lr_lambda, noise_schedule, param_groups, training_step)
 from .train import add_run_options, start_run
 
 
 @dataclass
-class DitTrainConfig:
+class DitTrainConfig(TimestepDraws):
     seed: int = 0
     arch: DitArch = field(default_factory=DitArch)
     two_object_prob: float = 0.4
@@ -47,10 +47,6 @@ class DitTrainConfig:
     warmup_steps: int = 200
     caption_dropout: float = 0.1
     ema_power: float = 2 / 3
-    high_noise_share: float = 0.5
-    high_noise_from: int = 600
-    curriculum_steps: int = 800
-    curriculum_from: int = 900
 
     @classmethod
     def quick(cls) -> "DitTrainConfig":
