@@ -132,3 +132,11 @@ def test_bench_on_a_transformer_reports_where_parameters_and_flops_sit(tmp_path)
     by_role = parameter_groups(pipe.transformer, denoiser_inputs(pipe.transformer, resolution=size))
     assert rows[0]["params (M)"] * 1e6 == pytest.approx(by_role["modulation"].params)
     assert rows[1]["params (M)"] < rows[0]["params (M)"]  # removed blocks took their modulation layers along
+
+
+def test_the_collapse_order_claim_needs_a_strict_order_on_the_grid():
+    from diffprune.bench.claims import collapses_first
+
+    assert collapses_first(0.5, 0.65) is True and collapses_first(0.65, 0.5) is False
+    # a tie on the grid, or a component that never collapses, cannot say which went first
+    assert collapses_first(0.95, 0.95) is None and collapses_first(None, 0.5) is None

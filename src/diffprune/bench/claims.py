@@ -55,6 +55,13 @@ class ClaimsResult:
     measurements: dict = field(default_factory=dict)
 
 
+
+def collapses_first(unet: float | None, text_encoder: float | None) -> bool | None:
+    """Whether the U-Net collapses at a lower sparsity than the text encoder; None when the grid cannot tell."""
+    if unet is None or text_encoder is None or unet == text_encoder:
+        return None
+    return unet < text_encoder
+
 def _sd2_claims(tb: Testbed, config: ClaimsConfig, out: dict) -> list[Claim]:
     pipe = tb.copy()
     compress(pipe, load_recipe("sd2-study"), progress=False)
@@ -94,8 +101,9 @@ def _sd2_claims(tb: Testbed, config: ClaimsConfig, out: dict) -> list[Claim]:
     measured = ", ".join(f"{c}: {'none' if s is None else f'{s:.0%}'}" for c, s in found.items())
     claims.append(Claim("SD-2 pruning study", "quality collapses suddenly past a threshold; U-Net before the "
                         "text encoder", "U-Net 50-60 %, text encoder 62.5-65 %", "collapse (< half of dense) at "
-                        + measured, None if None in found.values() else found["unet"] <= found["text_encoder"],
-                        "grids: U-Net 35/50/65/80/95 %, text encoder 47.5/60/70/85/95 %"))
+                        + measured, collapses_first(found["unet"], found["text_encoder"]),
+                        "grids: U-Net 35/50/65/80/95 %, text encoder 47.5/60/70/85/95 %; n/a when either does not "
+                        "collapse or both collapse at the same grid point"))
     return claims
 
 
