@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from diffprune.anatomy import describe_kind, has_unet, is_pipeline
+from diffprune.anatomy import describe_kind, has_transformer, has_unet, is_pipeline
 from diffprune.distill import DistillResult, check_data_spec, check_pipelines, data_from_spec, distill
 from diffprune.errors import DiffpruneError
 from diffprune.layers import LayerPruneResult, LayerPruningConfig, apply_preset
@@ -70,8 +70,8 @@ def check(pipe, recipe: Recipe, *, work_dir=None) -> None:
         raise DiffpruneError(f"compress works on a whole pipeline (calibration samples through it), got "
                              f"{describe_kind(pipe)}; for a bare module use the family functions "
                              "(diffprune.weights.prune, diffprune.layers.prune, diffprune.tokens.prune)")
-    if not has_unet(pipe) and recipe.tokens is not None:
-        raise DiffpruneError("token pruning needs a pipeline with a UNet2DConditionModel")
+    if not (has_unet(pipe) or has_transformer(pipe)) and recipe.tokens is not None:
+        raise DiffpruneError("token pruning needs a pipeline with a U-Net or a diffusion transformer")
     if not has_unet(pipe) and recipe.layers is not None and recipe.layers.preset is not None:
         raise DiffpruneError(f"layer-pruning presets (BK-SDM) are U-Net architectures; this pipeline has "
                              f"{describe_kind(pipe).split(' with ', 1)[-1]}: prune its blocks by a criterion "

@@ -29,13 +29,30 @@ class TokenPruningConfig:
     - ``iterations``: G-WPR power iterations; ``score``: ``self`` (G-WPR on the self-attention map) or
       ``cross`` (low entropy of the cross-attention rows ranks high).
     - ``copy``: recovery copies the most similar kept token's ``state``, or its ``delta`` (the update the
-      later layers gave it) onto the pruned token's own state.
+      later layers gave it) onto the pruned token's own state; ``auto``: ``state`` on U-Nets (AT-EDM's, over one
+      attention block), ``delta`` on diffusion transformers, whose segments span many blocks (a copied state
+      would throw away everything the pruned token carried).
     - ``placement``: ``auto`` prunes after the first layer of blocks with >= 2 transformer layers (the paper)
       and inside the layer of one-layer blocks (SD-1.5/2.x: cross-attention and feed-forward on kept tokens).
     - ``chunk``: query rows per chunk when the scoring layer builds its attention map (``None``: sized so
       one chunk holds ~2M scores); ``stride``: ToMe's destination grid; ``merge``: what ToMe runs on merged
       tokens, ``self`` (self-attention, its default), ``self+cross`` or ``all`` (feed-forward too; needed to
       reach AT-EDM's FLOPs on SD-XL); ``seed``: random and ToMe choices.
+
+    On diffusion transformers (PixArt, SD3, Flux, Sana), blocks take the place of levels:
+
+    - ``blocks``: segments of blocks, as inclusive ``(first, last)`` pairs in forward order (Flux: the double
+      blocks, then the single ones). The first block of a segment runs on every token and ranks them; the
+      others run on the kept image tokens only (text tokens are never pruned); the pruned ones are restored by
+      similarity copy after the segment's last block (on Sana, whose feed-forward convolves the full grid, around
+      every attention call of the segment). ``None``: one segment from the second block to the second-to-last,
+      which leaves the first and the last block to diffusers' first-block and MagCache hooks. ToMe merges in
+      every block of a segment, the first one included. DSAP's early phase spares each segment's first pruned and
+      last block.
+    - ``scorer``: ``full`` builds the image-image attention map of the ranking block (softmax over the image
+      keys, heads averaged); ``strided`` reads only the rows of one query per ``query_stride`` x
+      ``query_stride`` cell (``query_stride``² times cheaper) and lets every pruned token copy the kept
+      token its cell's query attends to most.
     """
 
     method: str = "atedm"
@@ -46,12 +63,15 @@ class TokenPruningConfig:
     early_ratio: float | None = None
     iterations: int = 5
     score: str = "self"
-    copy: str = "state"
+    copy: str = "auto"
     placement: str = "auto"
     chunk: int | None = None
     stride: int = 2
     merge: str = "self"
     seed: int = 0
+    blocks: tuple[tuple[int, int], ...] | None = None
+    scorer: str = "full"
+    query_stride: int = 2
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,16 +92,26 @@ class TokenPruningConfig:
             raise DiffpruneError(f"iterations must be at least 1, got {self.iterations}")
         if self.score not in ("self", "cross"):
             raise DiffpruneError(f"score must be 'self' or 'cross', got '{self.score}'")
-        if self.copy not in ("state", "delta"):
-            raise DiffpruneError(f"copy must be 'state' or 'delta', got '{self.copy}'")
+        if self.copy not in ("auto", "state", "delta"):
+            raise DiffpruneError(f"copy must be auto, state or delta, got '{self.copy}'")
         if self.placement not in ("auto", "block", "layer"):
             raise DiffpruneError(f"placement must be auto, block or layer, got '{self.placement}'")
         if self.levels is not None and (not self.levels or any(v < 1 or v & (v - 1) for v in self.levels)):
             raise DiffpruneError(f"levels must be powers of two such as 1, 2, 4, got {self.levels}")
         if self.chunk is not None and self.chunk < 1:
             raise DiffpruneError(f"chunk must be at least 1, got {self.chunk}")
+        if self.blocks is not None and (not self.blocks or any(a < 0 or b <= a for a, b in self.blocks)):
+            raise DiffpruneError(f"blocks must be ranges first-last with first < last, got {self.blocks}")
+        if self.scorer not in ("full", "strided"):
+            raise DiffpruneError(f"scorer must be 'full' or 'strided', got '{self.scorer}'")
+        if self.query_stride < 1:
+            raise DiffpruneError(f"query_stride must be at least 1, got {self.query_stride}")
         if self.merge not in ("self", "self+cross", "all"):
             raise DiffpruneError(f"merge must be self, self+cross or all, got '{self.merge}'")
+
+    def copy_for(self, transformer: bool) -> str:
+        """What recovery copies on this kind of denoiser."""
+        return ("delta" if transformer else "state") if self.copy == "auto" else self.copy
 
     def ratio_at(self, early: bool) -> float:
         if early and self.dsap and self.early_ratio is not None:
@@ -98,6 +128,8 @@ class TokenPruningConfig:
             value = getattr(self, f.name)
             if isinstance(value, bool):
                 value = "on" if value else "off"
+            elif f.name == "blocks":
+                value = "+".join(f"{a}-{b}" for a, b in value)
             elif isinstance(value, tuple):
                 value = "+".join(str(v) for v in value)
             parts.append(f"{f.name}={value}")
@@ -116,18 +148,27 @@ def _convert(name: str, text: str):
         if text.lower() in ("all", "none"):
             return None
         return tuple(int(v) for v in text.split("+"))
+    if name == "blocks":
+        if text.lower() in ("auto", "none", "default"):
+            return None
+        ranges = []
+        for part in text.split("+"):
+            first, dash, last = part.partition("-")
+            ranges.append((int(first), int(last)) if dash else (int(first), int(first)))
+        return tuple(ranges)
     if name in ("early_ratio", "chunk") and text.lower() in ("auto", "none", "default"):
         return None
     if name in ("ratio", "tau", "early_ratio"):
         return float(text)
-    if name in ("iterations", "stride", "seed", "chunk"):
+    if name in ("iterations", "stride", "seed", "chunk", "query_stride"):
         return int(text)
     return text
 
 
 def parse_spec(spec: str) -> TokenPruningConfig:
     """``method[:key=value,...]``, e.g. ``atedm:ratio=0.63,dsap=on``, ``tome:ratio=0.5``, ``random:ratio=0.4``,
-    ``atedm:levels=4,tau=0.25`` (several levels joined with ``+``)."""
+    ``atedm:levels=4,tau=0.25`` (several levels joined with ``+``), ``atedm:ratio=0.5,blocks=2-20+22-26`` (on a
+    diffusion transformer; several segments joined with ``+``)."""
     method, _, rest = spec.strip().partition(":")
     known = {f.name for f in fields(TokenPruningConfig)} - {"method"}
     values: dict = {}

@@ -1,21 +1,20 @@
-"""FLOPs of a token-pruned U-Net averaged over a sampling schedule (DSAP makes steps differ), counted on what
-really runs: the explicit scoring attention, G-WPR's iterations and ToMe's similarity products included."""
+"""FLOPs of a token-pruned U-Net or diffusion transformer averaged over a sampling schedule (DSAP makes steps
+differ), counted on what really runs: the explicit scoring attention, G-WPR's iterations and ToMe's similarity products included."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffprune.anatomy import geometry, unet_of
+from diffprune.anatomy import denoiser_of, geometry
 from diffprune.measure.flops import FlopCount, count_flops
-from diffprune.measure.inputs import unet_inputs
+from diffprune.measure.inputs import denoiser_inputs
 
 from .patch import active_patch, at_timestep
-from .schedule import ratio_for
 
 
 @dataclass
 class ScheduleFlops:
-    """U-Net FLOPs per call at each step of an ``steps``-step schedule, and their mean."""
+    """Denoiser FLOPs per call at each step of an ``steps``-step schedule, and their mean."""
 
     timesteps: list[float]   # one entry per U-Net call of the schedule (some schedulers call more than steps)
     per_step: list[FlopCount]
@@ -30,12 +29,16 @@ class ScheduleFlops:
 
 
 def schedule_timesteps(target, steps: int) -> list[float]:
-    """The timesteps a pipeline's scheduler visits in ``steps`` steps (DDIM's if ``target`` is a bare U-Net)."""
+    """The timesteps a pipeline's scheduler visits in ``steps`` steps (DDIM's if ``target`` is a bare denoiser).
+    A flow-matching scheduler whose shift depends on the image size (Flux) is read without the shift."""
     from diffusers import DDIMScheduler
 
     scheduler = getattr(target, "scheduler", None)
     scheduler = type(scheduler).from_config(scheduler.config) if scheduler is not None else DDIMScheduler()
-    scheduler.set_timesteps(steps)
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError:  # "pass mu": dynamic shifting; mu = 0 is no shift
+        scheduler.set_timesteps(steps, mu=0.0)
     return [float(t) for t in scheduler.timesteps]
 
 
@@ -44,18 +47,17 @@ def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_s
     """Count one U-Net call at every timestep of the schedule (on ``meta``: shapes only, no arithmetic); calls
     with the same pruning plan are counted once. The VAE factor and text length default to the pipeline's
     (8 and 77 for a bare U-Net)."""
-    unet = unet_of(target, "token pruning")
+    unet = denoiser_of(target, "token pruning")
     g = geometry(target, vae_scale_factor=vae_scale_factor, text_length=text_length)
     vae_scale_factor, text_length = g.vae_scale_factor, g.text_length
     timesteps = schedule_timesteps(target, steps)
     patch = active_patch(unet)
-    inputs = unet_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,
+    inputs = denoiser_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,
                          text_length=text_length)
     cache: dict[tuple, FlopCount] = {}
     per_step = []
     for t in timesteps:
-        key = () if patch is None else tuple(
-            ratio_for(s.info, patch.config, t, patch.runtime.num_train_timesteps) for s in patch.runtime.sites)
+        key = () if patch is None else patch.runtime.plan(t)
         if key not in cache:
             with at_timestep(unet, t):
                 cache[key] = count_flops(unet, **inputs)

@@ -14,17 +14,19 @@ from dataclasses import dataclass, field
 
 import torch
 
-from diffprune.anatomy import has_transformer, is_transformer, unet_of
+from diffprune.anatomy import denoiser_of, is_transformer
 from diffprune.errors import DiffpruneError
 
 from . import gwpr, recovery
 from .attention import MapRequest, unwrap_processor, wrap_processor
 from .config import TokenPruningConfig
+from .dit_patch import ATTR as _DIT_ATTR
+from .dit_patch import DitPatch, apply_dit, undo_dit
 from .layers import check_layer, pruned_layer_forward, tome_layer_forward
 from .schedule import AttentionSite, attention_sites, ratio_for
 from .tome import bipartite_matching
 
-_ATTR = "_diffprune_tokens"
+_ATTR = _DIT_ATTR  # one attribute on either denoiser: a transformer holds a DitPatch, a U-Net a _Patch
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class _Runtime:
             self.timestep = None if t is None else float(t)
         for site in self.sites:
             site.reset()
+
+    def plan(self, timestep: float | None) -> tuple:
+        """What changes from step to step: each site's ratio at ``timestep``."""
+        return tuple(ratio_for(s.info, self.config, timestep, self.num_train_timesteps) for s in self.sites)
 
     def generator(self, *keys: int) -> torch.Generator:
         t = -1 if self.timestep is None else int(round(self.timestep))
@@ -142,7 +148,7 @@ class _Site:
             return output
         at_prune, kept, pruned, source = self.pending
         self.pending = None
-        return recovery.refill(at_prune, output, kept, pruned, source, self.runtime.config.copy)
+        return recovery.refill(at_prune, output, kept, pruned, source, self.runtime.config.copy_for(False))
 
     def tome_matching(self, layer_index: int, x: torch.Tensor):
         ratio = self.ratio()
@@ -171,16 +177,35 @@ def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
     return config.placement
 
 
+#: options that only mean something on a U-Net / on a diffusion transformer, with their defaults
+_UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None}
+_DIT_ONLY = {"blocks": None, "scorer": "full"}
+
+
+def _check_fits(config: TokenPruningConfig, transformer: bool) -> None:
+    foreign = _UNET_ONLY if transformer else _DIT_ONLY
+    wrong = [name for name, default in foreign.items() if getattr(config, name) != default]
+    if wrong:
+        kind = "U-Nets" if transformer else "diffusion transformers"
+        raise DiffpruneError(f"token pruning option{'s' if len(wrong) > 1 else ''} {', '.join(wrong)} "
+                             f"appl{'y' if len(wrong) > 1 else 'ies'} to {kind} only")
+
+
 def apply(target, config: TokenPruningConfig | None = None):
-    """Patch the U-Net of ``target`` (a pipeline or a bare U-Net) to prune tokens at run time; returns ``target``.
+    """Patch the denoiser of ``target`` (a pipeline, a bare U-Net or a bare diffusion transformer) to prune
+    tokens at run time; returns ``target``.
 
     Idempotent: applying again replaces the previous patch. ``remove`` undoes it exactly.
     """
     config = config or TokenPruningConfig()
-    unet = unet_of(target, "token pruning")
+    unet = denoiser_of(target, "token pruning")
     remove(unet)
+    _check_fits(config, is_transformer(unet))
     scheduler = getattr(target, "scheduler", None)
     steps = int(getattr(getattr(scheduler, "config", None), "num_train_timesteps", 1000) or 1000)
+    if is_transformer(unet):
+        setattr(unet, _ATTR, apply_dit(unet, config, steps))
+        return target
     runtime = _Runtime(config, steps)
     patch = _Patch(config, runtime)
     sites = attention_sites(unet)
@@ -246,20 +271,19 @@ def _undo(patch: _Patch) -> None:
 
 
 def remove(target):
-    """Undo ``apply`` (a no-op on an unpatched U-Net); returns ``target``."""
-    unet = unet_of(target, "token pruning")
+    """Undo ``apply`` (a no-op on an unpatched denoiser); returns ``target``."""
+    unet = denoiser_of(target, "token pruning")
     patch = unet.__dict__.pop(_ATTR, None)
-    if patch is not None:
+    if isinstance(patch, DitPatch):
+        undo_dit(patch)
+    elif patch is not None:
         _undo(patch)
     return target
 
 
 def active_patch(target):
-    """The patch :func:`apply` installed on ``target``'s U-Net (its config and run-time state), or ``None`` (also
-    for a diffusion transformer, which token pruning does not patch)."""
-    if is_transformer(target) or has_transformer(target):
-        return None
-    return unet_of(target, "token pruning").__dict__.get(_ATTR)
+    """The patch :func:`apply` installed on ``target``'s denoiser (its config and run-time state), or ``None``."""
+    return denoiser_of(target, "token pruning").__dict__.get(_ATTR)
 
 
 @contextmanager

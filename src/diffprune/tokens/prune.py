@@ -28,7 +28,7 @@ class TokenPruneResult(StepResult):
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return f"{self.spec} on {self.sites} attention modules (installed at run time)"
+        return f"{self.spec} on {self.sites} attention or transformer blocks (installed at run time)"
 
     def to_json(self) -> dict:
         return {"spec": self.spec, "sites": self.sites, "seconds": self.seconds}

@@ -1,0 +1,124 @@
+"""Ranking image tokens in a diffusion-transformer block from its attention, and choosing for every pruned token
+the kept token it copies.
+
+The image-image part of a (joint) attention map, renormalised per row, is the softmax of the queries over the
+image keys alone, so the map is built from the block's image queries and keys only: ``(B, N, N)`` with the
+``full`` scorer, or the rows of one query per ``stride x stride`` cell with the ``strided`` one. Sana's linear
+attention needs no map at all for G-WPR: its power iteration runs in O(N) through the factorised kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .gwpr import split_tokens
+
+#: scores (batch x heads x rows x keys) held at once while building attention rows
+_CHUNK = 1 << 22
+
+
+def split_heads(x: torch.Tensor, heads: int, norm) -> torch.Tensor:
+    """(B, S, heads * D) projections -> (B, S, heads, D), with the attention's q/k norm applied as the model
+    applies it (over one head's D, or across heads)."""
+    dim = x.shape[-1] // heads
+    if norm is None:
+        return x.unflatten(-1, (heads, dim))
+    declared = getattr(norm, "dim", None) or getattr(norm, "normalized_shape", None)
+    if declared is not None and tuple(declared) == (dim,):
+        return norm(x.unflatten(-1, (heads, dim)))
+    return norm(x).unflatten(-1, (heads, dim))
+
+
+def image_query_key(query: torch.Tensor, key: torch.Tensor, attn, text_tokens: int = 0, rotary=None):
+    """The image part of a block's queries and keys as (B, heads, N, D): ``query`` / ``key`` are the outputs of
+    the attention's projections (text first when the block projects the joint sequence, ``text_tokens`` of it);
+    ``rotary`` is the (cos, sin) of the image tokens (Flux)."""
+    heads = attn.heads
+    q = split_heads(query, heads, getattr(attn, "norm_q", None))[:, text_tokens:]
+    k = split_heads(key, heads, getattr(attn, "norm_k", None))[:, text_tokens:]
+    if rotary is not None:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        q, k = apply_rotary_emb(q, rotary, sequence_dim=1), apply_rotary_emb(k, rotary, sequence_dim=1)
+    return q.transpose(1, 2), k.transpose(1, 2)
+
+
+def strided_queries(height: int, width: int, stride: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-left token of every ``stride x stride`` cell of a height x width grid (row-major), and for
+    every token the position of its cell's token in that list."""
+    ys, xs = torch.arange(0, height, stride), torch.arange(0, width, stride)
+    rows = (ys.unsqueeze(1) * width + xs.unsqueeze(0)).flatten()
+    cell_cols = -(-width // stride)
+    y, x = torch.arange(height).unsqueeze(1) // stride, torch.arange(width).unsqueeze(0) // stride
+    cells = (y * cell_cols + x).flatten()
+    return rows.to(device), cells.to(device)
+
+
+def attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, *, linear: bool = False,
+                   scale: float | None = None) -> torch.Tensor:
+    """Head-averaged attention of the queries ``rows`` (all when ``None``) over every key: (B, M, N), float32,
+    rows summing to 1. ``linear``: Sana's ReLU kernel instead of the softmax."""
+    batch, heads, n, dim = k.shape
+    queries = q if rows is None else q[:, :, rows]
+    m = queries.shape[2]
+    out = torch.empty(batch, m, n, dtype=torch.float32, device=q.device)
+    key_t = k.float().transpose(-1, -2)
+    if linear:
+        key_t = key_t.relu()
+        key_sum = key_t.sum(-1, keepdim=True)  # (B, H, D, 1)
+    step = max(1, _CHUNK // max(1, batch * heads * n))
+    for start in range(0, m, step):
+        chunk = queries[:, :, start:start + step].float()
+        if linear:
+            chunk = chunk.relu()
+            weights = torch.matmul(chunk, key_t) / (torch.matmul(chunk, key_sum) + 1e-15)
+        else:
+            weights = (torch.matmul(chunk, key_t) * (scale if scale is not None else dim**-0.5)).softmax(-1)
+        torch.mean(weights, 1, out=out[:, start:start + step])
+    return out
+
+
+def gwpr_from_rows(attention: torch.Tensor, rows: torch.Tensor | None, iterations: int) -> torch.Tensor:
+    """G-WPR importance (B, N) from the attention rows of the queries ``rows`` (all: the exact power iteration).
+    With a subset, each iteration weights the sampled queries by their current importance."""
+    batch, m, n = attention.shape
+    weights = torch.full((batch, 1, m), 1.0 / m, dtype=attention.dtype, device=attention.device)
+    scores = None
+    for _ in range(iterations):
+        scores = torch.bmm(weights, attention).squeeze(1)
+        picked = scores if rows is None else scores[:, rows]
+        weights = (picked / picked.sum(-1, keepdim=True).clamp_min(1e-30)).unsqueeze(1)
+    return scores
+
+
+def linear_gwpr(q: torch.Tensor, k: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Exact G-WPR on the head-averaged map of a ReLU linear attention, never building it:
+    ``A_h[i, j] = relu(q_i) . relu(k_j) / sum_j' relu(q_i) . relu(k_j')``. (B, N) out."""
+    qr, kr = q.float().relu(), k.float().relu()
+    denominator = torch.matmul(qr, kr.sum(2).unsqueeze(-1)).squeeze(-1) + 1e-15  # (B, H, N)
+    scores = torch.full(qr.shape[:1] + qr.shape[2:3], 1.0 / qr.shape[2], device=q.device)
+    for _ in range(iterations):
+        carried = torch.einsum("bn,bhn,bhnd->bhd", scores, denominator.reciprocal(), qr)
+        scores = torch.einsum("bhnd,bhd->bn", kr, carried) / qr.shape[1]
+    return scores
+
+
+def choose(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept and pruned token indices per sample, each in spatial order (ties to the lower index)."""
+    return split_tokens(scores, keep)
+
+
+def copy_sources(attention: torch.Tensor, rows: torch.Tensor | None, cells: torch.Tensor | None,
+                 kept: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """For every pruned token, the position in ``kept`` of the token it copies: the kept token its own query
+    (``full``: ``rows`` and ``cells`` ``None``) or its cell's query attends to most; a cell whose query token is
+    itself kept copies that token. (B, P) out."""
+    batch, m, n = attention.shape
+    best = attention.gather(2, kept.unsqueeze(1).expand(-1, m, -1)).argmax(-1)  # (B, M) positions in kept
+    position = torch.full((batch, n), -1, dtype=torch.long, device=kept.device)
+    position.scatter_(1, kept, torch.arange(kept.shape[1], device=kept.device).expand(batch, -1))
+    query_tokens = torch.arange(n, device=kept.device) if rows is None else rows
+    own = position[:, query_tokens]
+    best = torch.where(own >= 0, own, best)
+    cell = pruned if cells is None else cells[pruned]
+    return best.gather(1, cell)
