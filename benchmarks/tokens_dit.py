@@ -1,0 +1,167 @@
+"""Token pruning on diffusion transformers: FLOPs over a schedule, wall clock against the FLOPs-ideal speed-up, and
+quality on the shapes-dit testbed at equal FLOPs.
+
+    python benchmarks/tokens_dit.py flops [--archs pixart-sigma flux-dev] [--resolution 1024] [--steps 20]
+    python benchmarks/tokens_dit.py speed [--arch pixart-sigma] [--resolution 512] [--repeats 3]
+    python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100]
+
+``flops`` counts on the meta device (exact shapes, no weights): the mean TFLOPs per transformer call over the
+schedule, scorer included, for G-WPR (full and strided scorer), random and ToMe, each against the unpruned model.
+``speed`` builds the transformer with seeded random weights (no text encoder or VAE), and times one call at
+t = 500 per variant, interleaved (the order rotates every round), the patch installed outside the timed call;
+the FLOPs-ideal speed-up is the FLOPs ratio of the same call. ``quality`` runs the shapes suite on the
+``shapes-dit`` testbed: G-WPR at ``--ratio``, then random and ToMe at the ratio that matches its mean FLOPs,
+each also stacked with diffusers' first-block cache when the transformer supports ``enable_cache``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import diffprune
+from diffprune import tokens
+from diffprune.measure import count_flops, denoiser_inputs
+
+SPECS = ["atedm:ratio={r}", "atedm:ratio={r},scorer=strided", "atedm:ratio={r},dsap=off", "random:ratio={r}",
+         "tome:ratio={r}"]
+
+
+def flops(args) -> None:
+    for arch in args.archs:
+        pipe = diffprune.load(f"random:{arch}", device="meta")
+        base = tokens.schedule_flops(pipe, args.steps, resolution=args.resolution).mean_tflops
+        print(f"\nrandom:{arch} at {args.resolution}², batch 1, {args.steps} steps of "
+              f"{type(pipe.scheduler).__name__}; TFLOPs = mean per transformer call, scorer included")
+        print(f"{'tokens':<40}{'TFLOPs':>10}{'cut':>8}")
+        print(f"{'(unpruned)':<40}{base:>10.3f}")
+        for ratio in args.ratios:
+            for spec in SPECS:
+                spec = spec.format(r=ratio)
+                tokens.apply(pipe, tokens.parse_spec(spec))
+                mean = tokens.schedule_flops(pipe, args.steps, resolution=args.resolution).mean_tflops
+                tokens.remove(pipe)
+                print(f"{spec:<40}{mean:>10.3f}{1 - mean / base:>8.1%}", flush=True)
+
+
+def speed(args) -> None:
+    from diffprune import archs
+    from diffprune.measure import describe_hardware
+
+    model = archs.build_denoiser(args.arch, seed=0)
+    x = denoiser_inputs(model, resolution=args.resolution, text_length=args.text_length)
+    specs = ["(unpruned)"] + [s.format(r=args.ratio) for s in SPECS if "dsap" not in s]
+    ideal = {}
+    base = count_flops(model, **x).total
+    for spec in specs[1:]:
+        tokens.apply(model, tokens.parse_spec(spec))
+        with tokens.at_timestep(model, 500.0):
+            ideal[spec] = base / count_flops(model, **x).total
+        tokens.remove(model)
+    times: dict[str, list[float]] = {s: [] for s in specs}
+    with torch.no_grad():
+        for round_ in range(args.repeats + 1):  # the first round warms up
+            for k in range(len(specs)):
+                spec = specs[(round_ + k) % len(specs)]
+                if spec != "(unpruned)":
+                    tokens.apply(model, tokens.parse_spec(spec))
+                start = time.perf_counter()
+                model(**x)
+                seconds = time.perf_counter() - start
+                tokens.remove(model)
+                if round_:
+                    times[spec].append(seconds)
+    hardware = describe_hardware()
+    print(f"\n{args.arch} transformer at {args.resolution}², one call at t = 500, batch 1, median of "
+          f"{args.repeats} interleaved; {hardware.get('cpu', 'cpu')}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    median = {s: statistics.median(t) for s, t in times.items()}
+    print(f"{'tokens':<40}{'seconds':>9}{'speed-up':>10}{'ideal':>8}{'of ideal':>10}")
+    for spec in specs:
+        up = median["(unpruned)"] / median[spec]
+        if spec == "(unpruned)":
+            print(f"{spec:<40}{median[spec]:>9.2f}")
+        else:
+            print(f"{spec:<40}{median[spec]:>9.2f}{up:>9.3f}x{ideal[spec]:>7.3f}x{up / ideal[spec]:>10.2f}")
+
+
+def quality(args) -> None:
+    from diffprune.errors import DiffpruneError
+    from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
+    from diffprune.testbed.evaluator import load_evaluator
+
+    try:
+        pipe = diffprune.load("shapes-dit")
+    except DiffpruneError as error:
+        print(f"quality: not measured: {error}")
+        return
+    pipe.set_progress_bar_config(disable=True)
+    evaluator = load_evaluator()
+    suite = ShapesSuiteConfig(prompts=args.prompts, progress=False)
+    steps = suite.steps
+    dense = run_shapes_suite(pipe, suite, evaluator)
+    readings = evaluator.read(dense.images)
+    resolution = pipe.vae_scale_factor * pipe.transformer.config.sample_size
+    base = tokens.schedule_flops(pipe, steps, resolution=resolution)
+    gwpr = tokens.parse_spec(f"atedm:ratio={args.ratio}")
+    tokens.apply(pipe, gwpr)
+    target = tokens.schedule_flops(pipe, steps, resolution=resolution).mean_tflops
+    tokens.remove(pipe)
+    variants = {"atedm": gwpr}
+    for method in ("random", "tome"):
+        config = tokens.parse_spec(f"{method}:ratio={args.ratio}")
+        ratio, _ = tokens.ratio_for_flops(pipe, config, target, steps, resolution=resolution)
+        variants[method] = tokens.with_ratio(config, round(ratio, 4))
+    keys = ("accuracy_all", "accuracy_color", "accuracy_shape", "accuracy_position", "accuracy_count", "fd")
+    print(f"\nshapes-dit, {args.prompts} held-out prompts, {steps} steps; FLOPs matched to {gwpr.spec()} "
+          f"({target / base.mean_tflops:.3f} of the unpruned transformer)")
+    print(f"{'variant':<44}" + "".join(f"{k.replace('accuracy_', ''):>10}" for k in keys) + f"{'agree':>8}")
+
+    def row(label, result):
+        metrics = result.metrics
+        agree = reading_agreement(evaluator.read(result.images), readings)["agreement_all"]
+        print(f"{label:<44}" + "".join(f"{metrics[k]:>10.3f}" for k in keys) + f"{agree:>8.3f}", flush=True)
+
+    row("(unpruned)", dense)
+    cache = hasattr(pipe.transformer, "enable_cache")
+    for name, config in variants.items():
+        tokens.apply(pipe, config)
+        row(config.spec(), run_shapes_suite(pipe, suite, evaluator))
+        if cache:
+            from diffusers.hooks import FirstBlockCacheConfig
+
+            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=args.cache_threshold))
+            row(config.spec() + " + first-block cache", run_shapes_suite(pipe, suite, evaluator))
+            pipe.transformer.disable_cache()
+        tokens.remove(pipe)
+    if not cache:
+        print("(the shapes-dit transformer has no enable_cache in this diffusers: no cache rows)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    f = sub.add_parser("flops")
+    f.add_argument("--archs", nargs="+", default=["pixart-sigma", "flux-dev"])
+    f.add_argument("--resolution", type=int, default=1024)
+    f.add_argument("--steps", type=int, default=20)
+    f.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7])
+    s = sub.add_parser("speed")
+    s.add_argument("--arch", default="pixart-sigma")
+    s.add_argument("--resolution", type=int, default=512)
+    s.add_argument("--text-length", type=int, default=120)
+    s.add_argument("--ratio", type=float, default=0.5)
+    s.add_argument("--repeats", type=int, default=3)
+    q = sub.add_parser("quality")
+    q.add_argument("--ratio", type=float, default=0.5)
+    q.add_argument("--prompts", type=int, default=100)
+    q.add_argument("--cache-threshold", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    {"flops": flops, "speed": speed, "quality": quality}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
