@@ -157,6 +157,13 @@ def test_scorers_match_the_explicit_map(linear):
     assert picked.tolist() == [0, 2, 4, 12, 14, 16, 24, 26, 28] and cells[7].item() == 0 and cells[35].item() == 8
     sub = scoring.attention_rows(q, k, picked, linear=linear)
     torch.testing.assert_close(sub, full[:, picked])
+    for b in range(2):  # the strided power iteration, written out: sampled queries weighted by their importance
+        weights = [1 / 9] * 9
+        for _ in range(5):
+            scores = [sum(weights[j] * full[b, picked[j], i].item() for j in range(9)) for i in range(36)]
+            total = sum(scores[t] for t in picked.tolist())
+            weights = [scores[t] / total for t in picked.tolist()]
+        torch.testing.assert_close(scoring.gwpr_from_rows(sub, picked, 5)[b], torch.tensor(scores))
     sources = scoring.copy_sources(sub, picked, cells, kept, pruned)
     for b in range(2):
         for p, token in enumerate(pruned[b].tolist()):

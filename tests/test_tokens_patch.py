@@ -11,7 +11,8 @@ from diffprune.measure import count_flops, unet_inputs
 from diffprune.tokens.schedule import attention_sites
 
 SPECS = ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5", "atedm:ratio=0.5,copy=delta",
-         "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer", "tome:ratio=0.5,merge=all"]
+         "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer", "tome:ratio=0.5,merge=all",
+         "atedm:ratio=0.5,scorer=strided", "random:ratio=0.5,scorer=strided,query_stride=3"]
 
 
 @pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl"])
@@ -39,9 +40,26 @@ def _hook_counts(unet):
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in unet.modules())
 
 
+def test_strided_scorer_at_stride_one_is_the_exact_scorer(pipe):
+    """Every query sampled: the same ranking and recovery as the explicit map; only the attention output comes
+    from the fused kernel instead of the chunked one, so the outputs agree to float precision."""
+    kept = {}
+    outs = {}
+    for spec in ("atedm:ratio=0.5,dsap=off", "atedm:ratio=0.5,dsap=off,scorer=strided,query_stride=1"):
+        tokens.apply(pipe, tokens.parse_spec(spec))
+        seen = []
+        with tokens.observe_kept(pipe, seen.append):
+            outs[spec] = _unet_out(pipe.unet)
+        tokens.remove(pipe)
+        kept[spec] = [event.kept for event in seen]
+    exact, strided = kept.values()
+    assert len(exact) == len(strided) > 0 and all(torch.equal(a, b) for a, b in zip(exact, strided))
+    torch.testing.assert_close(*outs.values(), rtol=1e-4, atol=1e-5)
+
+
 def test_ratio_zero_is_bit_identical_to_the_unpatched_pipeline(pipe):
     reference = _images(pipe)
-    for spec in ("atedm:ratio=0", "random:ratio=0", "tome:ratio=0"):
+    for spec in ("atedm:ratio=0", "random:ratio=0", "tome:ratio=0", "atedm:ratio=0,scorer=strided"):
         tokens.apply(pipe, tokens.parse_spec(spec))
         try:
             assert torch.equal(_images(pipe), reference), spec

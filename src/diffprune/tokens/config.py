@@ -49,10 +49,11 @@ class TokenPruningConfig:
       which leaves the first and the last block to diffusers' first-block and MagCache hooks. ToMe merges in
       every block of a segment, the first one included. DSAP's early phase spares each segment's first pruned and
       last block.
-    - ``scorer``: ``full`` builds the image-image attention map of the ranking block (softmax over the image
-      keys, heads averaged); ``strided`` reads only the rows of one query per ``query_stride`` x
+    - ``scorer`` (U-Nets too): ``full`` builds the image-image attention map of the ranking block (softmax over
+      the image keys, heads averaged); ``strided`` reads only the rows of one query per ``query_stride`` x
       ``query_stride`` cell (``query_stride``² times cheaper) and lets every pruned token copy the kept
-      token its cell's query attends to most.
+      token its cell's query attends to most. On a U-Net the scoring layer's output then comes from the fused
+      kernel instead of the explicit chunked attention.
     """
 
     method: str = "atedm"

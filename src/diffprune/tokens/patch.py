@@ -17,7 +17,7 @@ import torch
 from diffprune.anatomy import denoiser_of, is_transformer
 from diffprune.errors import DiffpruneError
 
-from . import gwpr, recovery
+from . import dit_scoring, gwpr, recovery
 from .attention import MapRequest, unwrap_processor, wrap_processor
 from .config import TokenPruningConfig
 from .dit_patch import ATTR as _DIT_ATTR
@@ -85,6 +85,8 @@ class _Site:
         self.cross_map = MapRequest()
         self.scores_cross = runtime.config.score == "cross"
         self.grid: tuple[int, int] | None = None
+        self.strided: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # grid -> (rows, cells)
+        self.cells: torch.Tensor | None = None
         self.pending_ratio = 0.0
         self.reset()
 
@@ -92,6 +94,7 @@ class _Site:
         self.pending = None
         self.self_map.wanted = self.cross_map.wanted = False
         self.self_map.attention = self.cross_map.attention = None
+        self.self_map.rows = None
 
     def record_grid(self, module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
@@ -107,11 +110,17 @@ class _Site:
         if ratio > 0:
             self.self_map.wanted = True
             self.cross_map.wanted = self.scores_cross
+            config = self.runtime.config
+            if config.scorer == "strided" and self.grid is not None:
+                if self.grid not in self.strided:  # built once per grid size, reused by every later call
+                    self.strided[self.grid] = dit_scoring.strided_queries(*self.grid, config.query_stride)
+                self.self_map.rows, self.cells = self.strided[self.grid]
         return ratio
 
     def prune(self, x: torch.Tensor, ratio: float) -> torch.Tensor:
         """Choose the kept tokens of ``x`` (B, N, C); remember what recovery needs; return the kept ones."""
         config = self.runtime.config
+        rows, cells = self.self_map.rows, self.cells
         attention = self.self_map.take()
         batch, n, _ = x.shape
         keep = gwpr.kept_count(n, ratio)
@@ -121,10 +130,15 @@ class _Site:
             scores = draw.to(x.device).expand(batch, -1)
         elif self.scores_cross:
             scores = gwpr.cross_entropy_scores(self.cross_map.take())
+        elif rows is not None:
+            scores = dit_scoring.gwpr_from_rows(attention, rows.to(x.device), config.iterations)
         else:
             scores = gwpr.gwpr_scores(attention, config.iterations)
         kept, pruned = gwpr.split_tokens(scores, keep)
-        source = recovery.most_similar_kept(attention, kept, pruned)
+        if rows is None:
+            source = recovery.most_similar_kept(attention, kept, pruned)
+        else:
+            source = dit_scoring.copy_sources(attention, rows.to(x.device), cells.to(x.device), kept, pruned)
         self.pending = (x, kept, pruned, source)
         if self.runtime.observers:
             event = KeptTokens(site=self.info.name, timestep=self.runtime.timestep, tokens=n, grid=self.grid,
@@ -179,7 +193,7 @@ def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
 
 #: options that only mean something on a U-Net / on a diffusion transformer, with their defaults
 _UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None}
-_DIT_ONLY = {"blocks": None, "scorer": "full"}
+_DIT_ONLY = {"blocks": None}
 
 
 def _check_fits(config: TokenPruningConfig, transformer: bool) -> None:
