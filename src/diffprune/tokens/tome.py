@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -10,33 +11,28 @@ import torch
 
 @dataclass
 class Matching:
-    """Which tokens merge into which; ``merge`` shortens (B, N, C) to (B, N - r, C), ``unmerge`` restores it."""
+    """Which tokens merge into which; ``merge`` shortens (B, N, C) to (B, N - r, C), ``unmerge`` restores it.
 
-    sources: torch.Tensor      # (B, N_src) token indices of the source set
-    destinations: torch.Tensor  # (B, N_dst) token indices of the destination set
-    unmerged: torch.Tensor     # (B, N_src - r) positions (in sources) that stay
-    merged: torch.Tensor       # (B, r) positions (in sources) merged away
-    target: torch.Tensor       # (B, r) position (in destinations) each merged source goes to
+    The merged sequence is the sources that stay, then the destinations (``kept``, (B, N - r)); each of the
+    ``r`` merged-away sources (``moving``) is averaged into the destination at ``into`` (a position in the
+    merged sequence). Indices are built once per matching, so merge and unmerge are one gather and one
+    scatter-reduce, and one gather and two scatters."""
+
+    kept: torch.Tensor    # (B, N - r) token indices of the merged sequence, in order
+    moving: torch.Tensor  # (B, r) token indices merged away
+    into: torch.Tensor    # (B, r) position in the merged sequence each one goes to
 
     def merge(self, x: torch.Tensor) -> torch.Tensor:
         channels = x.shape[-1]
-        src = _take(x, self.sources)
-        dst = _take(x, self.destinations)
-        keep = _take(src, self.unmerged)
-        moving = _take(src, self.merged)
-        dst = dst.scatter_reduce(1, self.target.unsqueeze(-1).expand(-1, -1, channels), moving, reduce="mean",
-                                 include_self=True)
-        return torch.cat([keep, dst], dim=1)
+        out = _take(x, self.kept)
+        return out.scatter_reduce(1, self.into.unsqueeze(-1).expand(-1, -1, channels), _take(x, self.moving),
+                                  reduce="mean", include_self=True)
 
     def unmerge(self, x: torch.Tensor) -> torch.Tensor:
-        n_keep = self.unmerged.shape[1]
-        keep, dst = x[:, :n_keep], x[:, n_keep:]
         batch, channels = x.shape[0], x.shape[-1]
-        n = self.sources.shape[1] + self.destinations.shape[1]
-        out = x.new_empty(batch, n, channels)
-        _put(out, self.destinations, dst)
-        _put(out, _take_index(self.sources, self.unmerged), keep)
-        _put(out, _take_index(self.sources, self.merged), _take(dst, self.target))
+        out = x.new_empty(batch, self.kept.shape[1] + self.moving.shape[1], channels)
+        _put(out, self.kept, x)
+        _put(out, self.moving, _take(x, self.into))
         return out
 
 
@@ -44,26 +40,32 @@ def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-def _take_index(index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    return index.gather(1, positions)
-
-
 def _put(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
     out.scatter_(1, index.unsqueeze(-1).expand(-1, -1, out.shape[-1]), values)
 
 
+@functools.lru_cache(maxsize=64)
+def _cells(height: int, width: int, stride: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Top-left corner rows and columns of the ``stride x stride`` cells, and whether cells cut by the border
+    can clamp two destinations onto one token."""
+    rows, cols = -(-height // stride), -(-width // stride)
+    return (torch.arange(rows).unsqueeze(1) * stride, torch.arange(cols).unsqueeze(0) * stride,
+            bool(height % stride or width % stride))
+
+
 def destination_grid(height: int, width: int, stride: int, generator: torch.Generator | None) -> torch.Tensor:
     """Token indices of one destination per ``stride x stride`` cell (random within the cell if a generator is
-    given, else the cell's top-left); cells cut by the border still get one."""
-    rows, cols = -(-height // stride), -(-width // stride)
+    given, else the cell's top-left); cells cut by the border still get one. Sorted."""
+    top, left, ragged = _cells(height, width, stride)
     if generator is not None:
-        offset = torch.randint(stride * stride, (rows, cols), generator=generator)
+        offset = torch.randint(stride * stride, (top.shape[0], left.shape[1]), generator=generator)
+        y = (top + offset // stride).clamp_max(height - 1)
+        x = (left + offset % stride).clamp_max(width - 1)
     else:
-        offset = torch.zeros(rows, cols, dtype=torch.long)
-    dy, dx = offset // stride, offset % stride
-    y = (torch.arange(rows).unsqueeze(1) * stride + dy).clamp_max(height - 1)
-    x = (torch.arange(cols).unsqueeze(0) * stride + dx).clamp_max(width - 1)
-    return (y * width + x).flatten().unique()
+        y, x = top, left
+    index = (y * width + x).flatten()
+    # offsets inside a cell break the row-major order: sort (and, where border cells clamp, drop duplicates)
+    return index.unique() if ragged else index.sort().values
 
 
 def bipartite_matching(metric: torch.Tensor, height: int, width: int, ratio: float, stride: int = 2,
@@ -76,17 +78,17 @@ def bipartite_matching(metric: torch.Tensor, height: int, width: int, ratio: flo
     dst_index = destination_grid(height, width, stride, generator)
     is_dst = torch.zeros(n, dtype=torch.bool)
     is_dst[dst_index] = True
-    src_index = torch.arange(n)[~is_dst]
+    src_index = is_dst.logical_not_().nonzero().squeeze(1)
     r = min(int(ratio * n), src_index.numel())
     if r <= 0:
         return None
     device = metric.device
-    sources = src_index.to(device).expand(batch, -1)
-    destinations = dst_index.to(device).expand(batch, -1)
+    sources, destinations = src_index.to(device), dst_index.to(device)
     unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    similarity = torch.bmm(_take(unit, sources), _take(unit, destinations).transpose(1, 2))
+    similarity = torch.matmul(unit[:, sources], unit[:, destinations].transpose(1, 2))
     best, target = similarity.max(dim=-1)
     order = best.argsort(dim=-1, descending=True, stable=True)
     merged, unmerged = order[:, :r], order[:, r:]
-    return Matching(sources=sources, destinations=destinations, unmerged=unmerged, merged=merged,
-                    target=target.gather(1, merged))
+    staying = sources[unmerged]  # (B, N_src - r)
+    kept = torch.cat([staying, destinations.expand(batch, -1)], dim=1)
+    return Matching(kept=kept, moving=sources[merged], into=target.gather(1, merged) + staying.shape[1])

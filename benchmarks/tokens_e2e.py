@@ -1,0 +1,111 @@
+"""End-to-end speed of token pruning and its public peers: whole sampling runs, against the FLOPs-ideal speed-up.
+
+    python benchmarks/tokens_e2e.py [--source shapes] [--prompts 16] [--steps 20] [--repeats 3]
+        [--variants "atedm:ratio=0.63" "tomesd:ratio=0.5,max_downsample=2" "deepcache:interval=3" ...]
+
+Every variant generates the same prompts from the same seeds with the same pipeline (one copy of the weights),
+its patch installed before the timed run and removed after it. Rounds visit the variants in an order rotated by
+one, the first round warms up, and the median of ``--repeats`` rounds is reported. FLOPs-ideal: the FLOPs of one
+whole pipeline call (text encoder, every denoiser call, VAE decode) of the unpatched pipeline over the variant's,
+counted while really running it (so DeepCache's skipped steps and tomesd's merges count as they run). Quality
+against the unpatched run: the shapes suite on the testbed (accuracy, FD, reading agreement) and PSNR of the
+images. ``tomesd`` and ``DeepCache`` rows need those packages (``pip install diffprune[peers]``); without them
+the rows say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import diffprune
+from diffprune.bench.peers import PEERS, apply_variant, available, is_peer, parse_peer, split_variant
+from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
+from diffprune.measure import describe_hardware, flop_counter
+
+VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "random:ratio=0.63", "tome:ratio=0.5,levels=1",
+            "tomesd:ratio=0.5,max_downsample=1", "tome:ratio=0.5,levels=1+2", "tomesd:ratio=0.5,max_downsample=2",
+            "deepcache:interval=3", "atedm:ratio=0.63+deepcache:interval=3", "tome:ratio=0.5,levels=1+deepcache:interval=3"]
+
+
+def _missing(spec: str) -> str | None:
+    for part in split_variant(spec):
+        if is_peer(part) and not available(parse_peer(part).name):
+            return f"{PEERS[parse_peer(part).name][1]} not installed"
+    return None
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a.float() - b.float()) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * torch.log10(torch.tensor(1.0 / mse)).item()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="shapes")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    args = parser.parse_args(argv)
+    pipe = diffprune.load(args.source)
+    pipe.set_progress_bar_config(disable=True)
+    from diffprune.testbed.evaluator import load_evaluator
+
+    evaluator = load_evaluator()
+    suite = ShapesSuiteConfig(prompts=args.prompts, steps=args.steps, progress=False)
+    skipped = {v: _missing(v) for v in args.variants if _missing(v)}
+    variants = ["(unpatched)"] + [v for v in args.variants if v not in skipped]
+
+    def run(spec: str):
+        remove = (lambda: None) if spec == "(unpatched)" else apply_variant(pipe, spec)
+        try:
+            start = time.perf_counter()
+            result = run_shapes_suite(pipe, suite, evaluator)
+            return result, time.perf_counter() - start
+        finally:
+            remove()
+
+    def pipeline_flops(spec: str) -> int:
+        remove = (lambda: None) if spec == "(unpatched)" else apply_variant(pipe, spec)
+        try:
+            with flop_counter() as counter, torch.inference_mode():
+                pipe("a red circle", num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
+                     output_type="pt")
+            return counter.get_total_flops()
+        finally:
+            remove()
+
+    flops = {v: pipeline_flops(v) for v in variants}
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    results = {}
+    for round_ in range(args.repeats + 1):
+        for k in range(len(variants)):
+            spec = variants[(round_ + k) % len(variants)]
+            result, seconds = run(spec)
+            if round_ == 0:
+                results[spec] = result
+            else:
+                times[spec].append(seconds)
+    base = results["(unpatched)"]
+    median = {v: statistics.median(t) for v, t in times.items()}
+    print(f"\n{args.source}: {args.prompts} prompts x {args.steps} steps per run, median of {args.repeats} "
+          f"interleaved runs; {describe_hardware().get('cpu', 'cpu')}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
+    print(f"{'variant':<48}{'s':>7}{'speed-up':>9}{'ideal':>7}{'of ideal':>9}{'all':>7}{'FD':>8}{'agree':>7}"
+          f"{'PSNR':>7}")
+    for spec in variants:
+        up, ideal = median["(unpatched)"] / median[spec], flops["(unpatched)"] / flops[spec]
+        m = results[spec].metrics
+        agree = reading_agreement(results[spec].readings, base.readings)["agreement_all"]
+        print(f"{spec:<48}{median[spec]:>7.1f}{up:>8.2f}x{ideal:>6.2f}x{up / ideal:>9.2f}{m['accuracy_all']:>7.2f}"
+              f"{m['fd']:>8.0f}{agree:>7.2f}{_psnr(results[spec].images, base.images):>7.1f}", flush=True)
+    for spec, why in skipped.items():
+        print(f"{spec:<48}  not run: {why}")
+
+
+if __name__ == "__main__":
+    main()
