@@ -140,3 +140,21 @@ def test_the_collapse_order_claim_needs_a_strict_order_on_the_grid():
     assert collapses_first(0.5, 0.65) is True and collapses_first(0.65, 0.5) is False
     # a tie on the grid, or a component that never collapses, cannot say which went first
     assert collapses_first(0.95, 0.95) is None and collapses_first(None, 0.5) is None
+
+
+def test_bench_runs_public_peers_beside_recipes_and_stacks_them(shapes, monkeypatch):
+    pytest.importorskip("DeepCache")
+    peers = ["deepcache:interval=2", "atedm:ratio=0.63+deepcache:interval=2"]
+    result = run_bench(shapes, [load_recipe("atedm")], SMALL, peers=peers)
+    base, atedm, cache, both = result.variants
+    assert [v.name for v in result.variants] == ["baseline", "atedm", *peers]
+    # DeepCache skips most of the U-Net on every other step; token pruning on top cuts the full steps further
+    assert cache.gflops_per_image < 0.8 * base.gflops_per_image
+    assert both.gflops_per_image < cache.gflops_per_image
+    assert cache.nonzero_params == base.nonzero_params and cache.disk_bytes == base.disk_bytes
+    assert {"psnr", "agreement_all"} <= set(both.quality) and both.steps == [f"run time: {peers[1]}"]
+    from diffprune.bench import peers as peer_module
+
+    monkeypatch.setattr(peer_module, "available", lambda name: False)
+    with pytest.raises(diffprune.DiffpruneError, match="pip install DeepCache"):
+        run_bench(shapes, [], SMALL, peers=["deepcache:interval=3"])

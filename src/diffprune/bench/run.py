@@ -139,12 +139,49 @@ def check_recipes(recipes: Sequence[Recipe]) -> None:
         raise DiffpruneError(f"recipe name '{duplicate}' is used twice (or is reserved for the baseline)")
 
 
+def _check_peers(peers: Sequence[str], recipes: Sequence[Recipe]) -> None:
+    from .peers import PEERS, available, is_peer, parse_peer, split_variant
+
+    names = {r.name for r in recipes} | {BASELINE}
+    for spec in peers:
+        if spec in names or list(peers).count(spec) > 1:
+            raise DiffpruneError(f"variant '{spec}' is named twice")
+        for part in split_variant(spec):
+            if is_peer(part):
+                peer = parse_peer(part)
+                if not available(peer.name):
+                    raise DiffpruneError(f"{peer.name} is not installed: pip install {PEERS[peer.name][1]} "
+                                         "(or diffprune[peers])")
+            else:
+                from diffprune.tokens import parse_spec
+
+                parse_spec(part)
+
+
+def _real_flops(pipe, config: BenchConfig, caption: str) -> int:
+    """FLOPs of one whole pipeline call as it really runs (for patches the meta count cannot model)."""
+    from diffprune.measure import flop_counter
+
+    size = geometry(pipe).resolution
+    with flop_counter() as counter, torch.inference_mode():
+        pipe(caption, num_inference_steps=config.steps, guidance_scale=config.guidance_scale, height=size,
+             width=size, generator=torch.Generator().manual_seed(config.seed), output_type="pt",
+             **call_options(pipe))
+    return int(counter.get_total_flops())
+
+
 def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = None, *,
-              name: str | None = None) -> BenchResult:
+              name: str | None = None, peers: Sequence[str] = ()) -> BenchResult:
     """Bench ``recipes`` against the uncompressed ``source`` (a pipeline or anything :func:`diffprune.load`
-    takes; ``name`` labels it in the report); see the module docstring. The source pipeline is left unchanged."""
+    takes; ``name`` labels it in the report); see the module docstring. The source pipeline is left unchanged.
+
+    ``peers``: variant specs run beside the recipes (see :mod:`diffprune.bench.peers`): the public tomesd and
+    DeepCache, alone or on top of diffprune's token pruning (``atedm:ratio=0.63+deepcache:interval=3``). They
+    change no weight; their FLOPs per image are the baseline's scaled by one really-run image of each."""
     config = config or BenchConfig()
-    check_recipes(recipes)
+    if recipes or not peers:
+        check_recipes(recipes)
+    _check_peers(peers, recipes)
     name = name or (str(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__)
     base = load(source) if isinstance(source, (str, os.PathLike)) else source
     for recipe in recipes:  # every recipe checked against the pipeline before any work
@@ -159,15 +196,23 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
         from diffprune.testbed.evaluator import load_evaluator
 
         evaluator = load_evaluator()
-    bar = tqdm(total=len(recipes) + 1, desc="bench", unit="variant", disable=not config.progress)
+    bar = tqdm(total=len(recipes) + len(peers) + 1, desc="bench", unit="variant", disable=not config.progress)
     pipes, variants, readings = {}, [], {}
-    for recipe in [None, *recipes]:
-        label = BASELINE if recipe is None else recipe.name
+    real_flops: dict[str, int] = {}
+    for recipe in [None, *recipes, *peers]:
+        peer = recipe if isinstance(recipe, str) else None
+        label = BASELINE if recipe is None else peer or recipe.name
         bar.set_postfix_str(label)
         pipe = copy.deepcopy(base)
         pipe.set_progress_bar_config(disable=True)
         steps = []
-        if recipe is not None:
+        if peer is not None:
+            from .peers import apply_variant
+
+            apply_variant(pipe, peer)  # removed with the copy at the end
+            steps = [f"run time: {peer}"]
+            recipe = None
+        elif recipe is not None:
             result = compress(pipe, recipe, progress=False)
             steps = [f"{s.family}: {s.summary()}" for s in result.steps]
         if testbed:
@@ -179,7 +224,7 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
             def run(steps: int):
                 return generate(pipe, prompts, steps=steps, guidance_scale=config.guidance_scale,
                                 batch_size=config.batch_size, progress=False)
-        if recipe is None:  # one-time allocations (kernels built for these shapes, cached ground truth, thread
+        if label == BASELINE:  # one-time allocations (kernels built for these shapes, cached ground truth, thread
             run(1)          # pools) must not count as the baseline's peak: the same run with one step first
         output, memory = peak_memory(lambda: run(config.steps), device=str(denoiser_of(pipe).device))
         if testbed:
@@ -188,7 +233,7 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
             readings[label] = output.readings  # what the suite read, not read again
         else:
             images, quality = output, {}
-        if recipe is not None:
+        if label != BASELINE:
             reference = variants[0].images
             quality.update(fidelity_metrics(images, reference, features))
             if testbed:
@@ -196,14 +241,23 @@ def run_bench(source, recipes: Sequence[Recipe], config: BenchConfig | None = No
         for scorer in scorers.values():
             quality.update(scorer(images, [p.caption for p in prompts]))
         params = count_params(pipe)
-        measured = measure_pipeline(pipe, steps=config.steps)
+        if peers and (label == BASELINE or peer is not None):
+            real_flops[label] = _real_flops(pipe, config, prompts[0].caption)
+        if peer is None:
+            measured = measure_pipeline(pipe, steps=config.steps)
+            gflops = measured.flops_per_image(guidance=config.guidance_scale > 1) / 1e9
+        else:  # a peer's patch is invisible to the meta count (and DeepCache wants positional calls)
+            measured = None
+            gflops = variants[0].gflops_per_image * real_flops[label] / real_flops[BASELINE]
         variants.append(VariantResult(
             name=label, recipe=None if recipe is None else recipe.to_dict(), steps=steps, params=params.total,
             nonzero_params=sum(c.nonzero or 0 for c in params.components.values()),
-            disk_bytes=_disk_bytes(pipe, recipe is not None and bool(recipe.weights)),
-            gflops_per_image=measured.flops_per_image(guidance=config.guidance_scale > 1) / 1e9,
+            disk_bytes=variants[0].disk_bytes if peer is not None else
+            _disk_bytes(pipe, recipe is not None and bool(recipe.weights)),
+            gflops_per_image=gflops,
             weights_bytes=sum(c.bytes for c in params.components.values()),
-            generation_bytes=memory.delta_bytes, quality=quality, groups=measured.groups, images=images))
+            generation_bytes=memory.delta_bytes, quality=quality, groups=measured and measured.groups,
+            images=images))
         pipes[label] = pipe
         bar.update()
     bar.close()

@@ -14,6 +14,10 @@ def add_commands(sub) -> None:
     add_source_options(p, optional=True)
     p.add_argument("--recipes", nargs="+", metavar="FILE|NAME",
                    help="recipe files or shipped names (sd2-study, laptop-50, atedm, stack, dit-half)")
+    p.add_argument("--peers", nargs="+", metavar="SPEC",
+                   help="public accelerators beside the recipes (pip install diffprune[peers]): "
+                        "'tomesd:ratio=0.5,max_downsample=2', 'deepcache:interval=3', or stacked on diffprune's "
+                        "token pruning: 'atedm:ratio=0.63+deepcache:interval=3'")
     p.add_argument("--claims", action="store_true",
                    help="re-measure the papers' headline claims (no SOURCE: full-size architectures on meta "
                         "for FLOPs, the shapes testbed for quality)")
@@ -41,10 +45,10 @@ def _claims(args) -> int:
     from diffprune.bench.claims import ClaimsConfig, run_claims, write_claims_report
     from diffprune.report import Report
 
-    if args.source or args.recipes:
+    if args.source or args.recipes or args.peers:
         from diffprune.errors import DiffpruneError
 
-        raise DiffpruneError("--claims takes no SOURCE or --recipes: it measures its own fixed set")
+        raise DiffpruneError("--claims takes no SOURCE, --recipes or --peers: it measures its own fixed set")
     config = ClaimsConfig(prompts=args.prompts or 24, steps=args.steps, seed=args.seed,
                           latency_repeats=args.latency_repeats, progress=sys.stderr.isatty())
     Report(args.out, title="check", overwrite=args.overwrite)  # the folder is checked before the long run
@@ -62,18 +66,19 @@ def run(args) -> int:
 
     if args.claims:
         return _claims(args)
-    if not args.source or not args.recipes:
-        raise DiffpruneError("give a SOURCE and --recipes (or --claims)")
+    if not args.source or not (args.recipes or args.peers):
+        raise DiffpruneError("give a SOURCE and --recipes and/or --peers (or --claims)")
     from diffprune.bench import check_recipes, run_bench, table_rows, write_bench_report
     from diffprune.recipe import load_recipe
     from diffprune.report import Report
 
-    recipes = [load_recipe(r) for r in args.recipes]
-    check_recipes(recipes)
+    recipes = [load_recipe(r) for r in args.recipes or []]
+    if recipes:
+        check_recipes(recipes)
     config = _config(args)
     inputs = input_paths(args)
     Report(args.out, title="check", overwrite=args.overwrite, protect=inputs)  # checked before the long run
-    result = run_bench(load_source(args), recipes, config, name=args.source)
+    result = run_bench(load_source(args), recipes, config, name=args.source, peers=args.peers or [])
     folder = write_bench_report(result, args.out, overwrite=args.overwrite, protect=inputs)
     key = result.quality_key
     print(f"{'variant':<16}{'non-zero':>12}{'disk MiB':>10}{'GFLOPs/img':>12}{'latency':>9}{key:>16}")
