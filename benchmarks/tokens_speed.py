@@ -1,13 +1,14 @@
 """Wall-clock U-Net speed-up of token pruning against its FLOPs-ideal ratio, on this machine.
 
     python benchmarks/tokens_speed.py [--arch sd15 --resolution 512] [--arch sdxl --resolution 768]
-        [--tokens atedm:ratio=0.63 ...] [--repeats 3] [--timestep 500] [--batch 1]
+        [--arch shapes --resolution 64] [--tokens atedm:ratio=0.63 ...] [--repeats 3] [--timestep 500] [--batch 1]
 
-For each architecture, builds ``random:<arch>``'s U-Net (fp32, seeded random weights: speed does not depend
+For each architecture, builds ``random:<arch>``'s U-Net (``shapes``: the trained testbed's) (fp32, seeded random weights: speed does not depend
 on the values) and a twin sharing its weights (no second copy in memory) that carries the token-pruning patch,
 applied once outside the timed calls; then for each spec times one U-Net call of each, alternately in one
 process (SDPA stays on for every attention call except the scoring layers'), and counts both calls' FLOPs
-(overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their quotient. ``--timestep``
+(overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their quotient. ``tomesd:...``
+specs run the public package (when installed) on the twin, for a side-by-side at the same placement. ``--timestep``
 picks the call: 500 is in DSAP's late phase (every selected block prunes); 999 in its early phase.
 """
 
@@ -18,8 +19,10 @@ import platform
 
 import torch
 
+import diffprune
 from diffprune import tokens
 from diffprune.archs import build_unet
+from diffprune.bench.peers import apply_peer, available, is_peer, parse_peer
 from diffprune.measure import compare_latency, count_flops, describe_hardware, unet_inputs
 
 
@@ -34,7 +37,7 @@ def _twin(unet):
 def _row(arch, resolution, spec, base_flops, flops, comparison):
     ideal = base_flops / flops
     measured = comparison.speedup
-    return (f"{arch:<6}{resolution:>6}  {spec:<34}{base_flops / 1e12:>9.3f}{flops / 1e12:>9.3f}{ideal:>8.3f}"
+    return (f"{arch:<6}{resolution:>6}  {spec:<34}{base_flops / 1e9:>10.2f}{flops / 1e9:>10.2f}{ideal:>8.3f}"
             f"{comparison.baseline.median_s:>9.2f}{comparison.candidate.median_s:>9.2f}{measured:>9.3f}"
             f"{measured / ideal:>9.3f}")
 
@@ -53,31 +56,50 @@ def main(argv: list[str] | None = None) -> None:
     resolutions = args.resolution or [512, 768][: len(archs)]
     if len(resolutions) != len(archs):
         parser.error("give one --resolution per --arch")
-    specs = args.tokens or ["atedm:ratio=0.63"]
+    specs = args.tokens or ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "random:ratio=0.63",
+                            "tome:ratio=0.5,levels=1", "tomesd:ratio=0.5,max_downsample=1"]
     print(f"hardware: {describe_hardware()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.python_version()}; batch {args.batch}, timestep {args.timestep:g}, "
           f"median of {args.repeats} interleaved calls")
-    print(f"{'arch':<6}{'res':>6}  {'tokens':<34}{'TF base':>9}{'TF pruned':>9}{'ideal':>8}"
+    print(f"{'arch':<6}{'res':>6}  {'tokens':<34}{'GF base':>10}{'GF pruned':>10}{'ideal':>8}"
           f"{'s base':>9}{'s pruned':>9}{'speedup':>9}{'quotient':>9}", flush=True)
     for arch, resolution in zip(archs, resolutions):
-        unet = build_unet(arch, seed=0)
+        sizes = {}
+        if arch == "shapes":
+            pipe = diffprune.load("shapes")
+            unet, sizes = pipe.unet, {"vae_scale_factor": pipe.vae_scale_factor,
+                                      "text_length": pipe.tokenizer.model_max_length}
+        else:
+            unet = build_unet(arch, seed=0)
         pruned_unet = _twin(unet)
-        kwargs = unet_inputs(unet, resolution=resolution, batch=args.batch)
+        kwargs = unet_inputs(unet, resolution=resolution, batch=args.batch, **sizes)
         kwargs["timestep"] = torch.full((args.batch,), args.timestep)
         base_flops = count_flops(unet, **kwargs).total
 
+        sample_and_t = (kwargs["sample"], kwargs["timestep"])  # positional, as pipelines call (tomesd needs it)
+        rest = {k: v for k, v in kwargs.items() if k not in ("sample", "timestep")}
+
         def call(model):
             with torch.inference_mode():
-                model(**kwargs)
+                model(*sample_and_t, **rest)
 
         for spec in specs:
-            tokens.apply(pruned_unet, tokens.parse_spec(spec))
-            with tokens.at_timestep(pruned_unet, args.timestep):
-                flops = count_flops(pruned_unet, **kwargs).total
+            if is_peer(spec):
+                peer = parse_peer(spec)
+                if not available(peer.name):
+                    print(f"{arch:<6}{resolution:>6}  {spec:<34}not run: {peer.name} is not installed")
+                    continue
+                remove = apply_peer(pruned_unet, peer)
+                flops = count_flops(pruned_unet, *sample_and_t, **rest, on_meta=False).total  # runs for real
+            else:
+                tokens.apply(pruned_unet, tokens.parse_spec(spec))
+                remove = lambda: tokens.remove(pruned_unet)  # noqa: E731
+                with tokens.at_timestep(pruned_unet, args.timestep):
+                    flops = count_flops(pruned_unet, **kwargs).total
             comparison = compare_latency(lambda: call(unet), lambda: call(pruned_unet), repeats=args.repeats,
                                          warmup=args.warmup)
             print(_row(arch, resolution, spec, base_flops, flops, comparison), flush=True)
-            tokens.remove(pruned_unet)
+            remove()
         unet = pruned_unet = None  # free this architecture before building the next
 
 

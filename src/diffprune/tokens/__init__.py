@@ -4,6 +4,7 @@ is compared with (ToMe, random), as idempotent ``apply`` / ``remove`` patches of
 from diffprune.measure.runtime import RuntimePatchKind, register_runtime_patch
 
 from .config import METHODS, TokenPruningConfig, parse_spec, with_ratio
+from .dit_scoring import rank_tokens
 from .measure import ScheduleFlops, ratio_for_flops, schedule_flops
 from .patch import KeptTokens, active_patch, applied_config, apply, at_timestep, observe_kept, remove
 from .prune import TokenPruneResult, prune
@@ -20,5 +21,6 @@ def _apply_spec(target, spec: str):
 
 register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops, _apply_spec))
 
-__all__ = ["KeptTokens", "METHODS", "observe_kept", "ScheduleFlops", "TokenPruneResult", "TokenPruningConfig", "active_patch", "applied_config",
-           "apply", "at_timestep", "parse_spec", "prune", "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]
+__all__ = ["KeptTokens", "METHODS", "observe_kept", "ScheduleFlops", "TokenPruneResult", "TokenPruningConfig",
+           "active_patch", "applied_config", "apply", "at_timestep", "parse_spec", "prune", "rank_tokens",
+           "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]

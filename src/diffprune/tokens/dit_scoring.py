@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .gwpr import split_tokens
+from .gwpr import kept_count, split_tokens
 
 #: scores (batch x heads x rows x keys) held at once while building attention rows
 _CHUNK = 1 << 22
@@ -122,3 +122,20 @@ def copy_sources(attention: torch.Tensor, rows: torch.Tensor | None, cells: torc
     best = torch.where(own >= 0, own, best)
     cell = pruned if cells is None else cells[pruned]
     return best.gather(1, cell)
+
+
+def rank_tokens(query: torch.Tensor, key: torch.Tensor, ratio: float, *, grid: tuple[int, int] | None = None,
+                scorer: str = "full", query_stride: int = 2, iterations: int = 5, linear: bool = False,
+                scale: float | None = None) -> torch.Tensor:
+    """The image tokens G-WPR keeps from queries and keys (B, heads, N, D): (B, kept) indices in spatial order.
+    ``scorer`` ``strided`` needs the ``grid`` (rows, columns) of the N tokens. For comparing scorers offline."""
+    rows = None
+    if scorer == "strided":
+        if grid is None or grid[0] * grid[1] != key.shape[2]:
+            raise ValueError("the strided scorer needs the token grid (rows, columns)")
+        rows, _ = strided_queries(grid[0], grid[1], query_stride, key.device)
+    if linear and rows is None:
+        scores = linear_gwpr(query, key, iterations)
+    else:
+        scores = gwpr_from_rows(attention_rows(query, key, rows, linear=linear, scale=scale), rows, iterations)
+    return choose(scores, kept_count(key.shape[2], ratio))[0]
