@@ -243,8 +243,7 @@ def _before_block(runtime: DitRuntime, index: int, module, args, kwargs):
         merged = matching.merge(x)
         state.merges[index] = (x, matching, merged)
         if rotary is not None:
-            positions = torch.cat([matching.sources.gather(1, matching.unmerged), matching.destinations], 1)
-            kwargs = {**kwargs, "image_rotary_emb": runtime.rotary_for(rotary, text_length, positions)}
+            kwargs = {**kwargs, "image_rotary_emb": runtime.rotary_for(rotary, text_length, matching.kept)}
         return _with_image_in(args, kwargs, merged)
     if index == state.span[0]:
         state.capture = {"armed": True}

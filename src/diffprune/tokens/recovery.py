@@ -29,8 +29,8 @@ def refill(at_prune: torch.Tensor, kept_out: torch.Tensor, kept: torch.Tensor, p
     - ``copy="state"``: a pruned token becomes a copy of its source's output; ``"delta"``: it keeps its own state
       and adds the update its source received after the pruning point.
     """
-    out = at_prune.clone()
     channels = at_prune.shape[-1]
+    out = at_prune.new_empty(at_prune.shape[0], kept.shape[1] + pruned.shape[1], channels)  # both scatters fill it
     out.scatter_(1, kept.unsqueeze(-1).expand(-1, -1, channels), kept_out)
     copied = gather_tokens(kept_out, source)
     if copy == "delta":
