@@ -2,6 +2,7 @@
 
     python benchmarks/tokens_e2e.py [--source shapes] [--prompts 16] [--steps 20] [--repeats 3]
         [--variants "atedm:ratio=0.63" "tomesd:ratio=0.5,max_downsample=2" "deepcache:interval=3" ...]
+    python benchmarks/tokens_e2e.py --source random:sd15 --resolution 512 --prompts 1 --steps 4
 
 Every variant generates the same prompts from the same seeds with the same pipeline (one copy of the weights),
 its patch installed before the timed run and removed after it. Rounds visit the variants in an order rotated by
@@ -9,7 +10,8 @@ one, the first round warms up, and the median of ``--repeats`` rounds is reporte
 whole pipeline call (text encoder, every denoiser call, VAE decode) of the unpatched pipeline over the variant's,
 counted while really running it (so DeepCache's skipped steps and tomesd's merges count as they run). Quality
 against the unpatched run: the shapes suite on the testbed (accuracy, FD, reading agreement) and PSNR of the
-images. ``tomesd`` and ``DeepCache`` rows need those packages (``pip install diffprune[peers]``); without them
+images (other sources: PSNR only, and with random weights it says nothing about quality). ``tomesd`` and
+``DeepCache`` rows need those packages (``pip install diffprune[peers]``); without them
 the rows say so.
 """
 
@@ -23,12 +25,14 @@ import torch
 
 import diffprune
 from diffprune.bench.peers import PEERS, apply_variant, available, is_peer, parse_peer, split_variant
-from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
+from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite, shapes_prompts
 from diffprune.measure import describe_hardware, flop_counter
 
-VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "random:ratio=0.63", "tome:ratio=0.5,levels=1",
+VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "atedm:ratio=0.63,copy=delta", "random:ratio=0.63",
+            "tome:ratio=0.5,levels=1",
             "tomesd:ratio=0.5,max_downsample=1", "tome:ratio=0.5,levels=1+2", "tomesd:ratio=0.5,max_downsample=2",
-            "deepcache:interval=3", "atedm:ratio=0.63+deepcache:interval=3", "tome:ratio=0.5,levels=1+deepcache:interval=3"]
+            "deepcache:interval=3", "atedm:ratio=0.63+deepcache:interval=3",
+            "tome:ratio=0.5,levels=1+deepcache:interval=3"]
 
 
 def _missing(spec: str) -> str | None:
@@ -50,13 +54,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
+    parser.add_argument("--resolution", type=int, default=None, help="image side (default: the pipeline's)")
     args = parser.parse_args(argv)
     pipe = diffprune.load(args.source)
     pipe.set_progress_bar_config(disable=True)
-    from diffprune.testbed.evaluator import load_evaluator
+    testbed = args.source == "shapes"
+    size = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if testbed:
+        from diffprune.testbed.evaluator import load_evaluator
 
-    evaluator = load_evaluator()
-    suite = ShapesSuiteConfig(prompts=args.prompts, steps=args.steps, progress=False)
+        evaluator = load_evaluator()
+        suite = ShapesSuiteConfig(prompts=args.prompts, steps=args.steps, progress=False)
+    captions = [p.caption for p in shapes_prompts(args.prompts, seed=0)]
+
+    class Generated:  # what the rows read from a run on another source
+        def __init__(self, images):
+            self.images, self.metrics, self.readings = images, {}, None
+
+    def sample():
+        if testbed:
+            return run_shapes_suite(pipe, suite, evaluator)
+        with torch.inference_mode():
+            return Generated(pipe(captions, num_inference_steps=args.steps, height=size, width=size,
+                                  generator=[torch.Generator().manual_seed(i) for i in range(len(captions))],
+                                  output_type="pt").images)
     skipped = {v: _missing(v) for v in args.variants if _missing(v)}
     variants = ["(unpatched)"] + [v for v in args.variants if v not in skipped]
 
@@ -64,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         remove = (lambda: None) if spec == "(unpatched)" else apply_variant(pipe, spec)
         try:
             start = time.perf_counter()
-            result = run_shapes_suite(pipe, suite, evaluator)
+            result = sample()
             return result, time.perf_counter() - start
         finally:
             remove()
@@ -74,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         try:
             with flop_counter() as counter, torch.inference_mode():
                 pipe("a red circle", num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
-                     output_type="pt")
+                     height=size, width=size, output_type="pt")
             return counter.get_total_flops()
         finally:
             remove()
@@ -100,9 +121,11 @@ def main(argv: list[str] | None = None) -> None:
     for spec in variants:
         up, ideal = median["(unpatched)"] / median[spec], flops["(unpatched)"] / flops[spec]
         m = results[spec].metrics
-        agree = reading_agreement(results[spec].readings, base.readings)["agreement_all"]
-        print(f"{spec:<48}{median[spec]:>7.1f}{up:>8.2f}x{ideal:>6.2f}x{up / ideal:>9.2f}{m['accuracy_all']:>7.2f}"
-              f"{m['fd']:>8.0f}{agree:>7.2f}{_psnr(results[spec].images, base.images):>7.1f}", flush=True)
+        nan = float("nan")
+        agree = reading_agreement(results[spec].readings, base.readings)["agreement_all"] if testbed else nan
+        print(f"{spec:<48}{median[spec]:>7.1f}{up:>8.2f}x{ideal:>6.2f}x{up / ideal:>9.2f}"
+              f"{m.get('accuracy_all', nan):>7.2f}{m.get('fd', nan):>8.0f}{agree:>7.2f}"
+              f"{_psnr(results[spec].images, base.images):>7.1f}", flush=True)
     for spec, why in skipped.items():
         print(f"{spec:<48}  not run: {why}")
 

@@ -3,13 +3,14 @@
     python benchmarks/tokens_speed.py [--arch sd15 --resolution 512] [--arch sdxl --resolution 768]
         [--arch shapes --resolution 64] [--tokens atedm:ratio=0.63 ...] [--repeats 3] [--timestep 500] [--batch 1]
 
-For each architecture, builds ``random:<arch>``'s U-Net (``shapes``: the trained testbed's) (fp32, seeded random weights: speed does not depend
-on the values) and a twin sharing its weights (no second copy in memory) that carries the token-pruning patch,
-applied once outside the timed calls; then for each spec times one U-Net call of each, alternately in one
-process (SDPA stays on for every attention call except the scoring layers'), and counts both calls' FLOPs
-(overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their quotient. ``tomesd:...``
-specs run the public package (when installed) on the twin, for a side-by-side at the same placement. ``--timestep``
-picks the call: 500 is in DSAP's late phase (every selected block prunes); 999 in its early phase.
+For each architecture, builds ``random:<arch>``'s U-Net (fp32, seeded random weights: speed does not depend
+on the values; ``shapes``: the trained testbed's) and a twin sharing its weights (no second copy in memory)
+that carries the token-pruning patch, applied once outside the timed calls; then for each spec times one U-Net
+call of each, alternately in one process (SDPA stays on for every attention call except the scoring layers'),
+and counts both calls' FLOPs (overhead included). Prints the FLOPs-ideal ratio, the measured ratio and their
+quotient. ``tomesd:...`` specs run the public package (when installed) on the twin, for a side-by-side at the
+same placement. ``--timestep`` picks the call: 500 is in DSAP's late phase (every selected block prunes); 999 in
+its early phase.
 """
 
 from __future__ import annotations
