@@ -263,3 +263,11 @@ def test_first_block_cache_composes_with_token_pruning():
     model.disable_cache()
     with torch.no_grad():
         assert not torch.equal(model(**y)[0], cached[1])  # the second call did reuse the cached tail
+
+
+def test_a_saved_dit_pipeline_carries_its_token_pruning_and_load_installs_it(tmp_path):
+    pipe = diffprune.load("random:tiny-pixart", seed=0)
+    config = tokens.parse_spec("atedm:ratio=0.5,blocks=0-1")
+    tokens.prune(pipe, config)
+    back = diffprune.load(diffprune.save(pipe, tmp_path / "saved"))
+    assert tokens.applied_config(back) == config

@@ -50,8 +50,7 @@ def save(pipe, out_dir: str | os.PathLike, *, overwrite: bool = False, note: str
     manifest = {"format": "diffprune", "format_version": FORMAT_VERSION, "diffprune_version": __version__,
                 "family": family.value, "source": info.get("source"), "history": history,
                 "weights_format": weights_format}
-    unet = getattr(pipe, "unet", None)
-    runtime = applied_runtime_patches(unet) if unet is not None else {}
+    runtime = applied_runtime_patches(denoiser_of(pipe))
     if runtime:  # e.g. token pruning: load re-applies it
         manifest["runtime_patches"] = runtime
     with staged_dir(out_dir, overwrite=overwrite, protect=[input_folder(pipe)]) as staging:
