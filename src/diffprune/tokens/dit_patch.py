@@ -25,6 +25,7 @@ from . import recovery
 from .config import TokenPruningConfig
 from .dit_sites import TIMESTEP_SCALE, Segment, early, image_grid, segments, transformer_blocks
 from .gwpr import kept_count
+from .schedule import step_generator
 from .tome import bipartite_matching
 
 ATTR = "_diffprune_tokens"
@@ -134,11 +135,7 @@ class DitRuntime:
             state.__init__(span=span, ratio=ratio)
 
     def generator(self, *keys: int) -> torch.Generator:
-        t = -1 if self.timestep is None else int(round(self.timestep))
-        seed = self.config.seed
-        for k in (t, *keys):
-            seed = (seed * 1_000_003 + k + 7) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return step_generator(self.config.seed, self.timestep, *keys)
 
     def segment_of(self, index: int) -> tuple[Segment, _State] | None:
         for segment, state in zip(self.segments, self.states):

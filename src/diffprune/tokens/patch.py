@@ -23,7 +23,7 @@ from .config import TokenPruningConfig
 from .dit_patch import ATTR as _DIT_ATTR
 from .dit_patch import DitPatch, apply_dit, undo_dit
 from .layers import check_layer, pruned_layer_forward, tome_layer_forward
-from .schedule import AttentionSite, attention_sites, ratio_for
+from .schedule import AttentionSite, attention_sites, ratio_for, step_generator
 from .tome import bipartite_matching
 
 _ATTR = _DIT_ATTR  # one attribute on either denoiser: a transformer holds a DitPatch, a U-Net a _Patch
@@ -68,11 +68,7 @@ class _Runtime:
         return tuple(ratio_for(s.info, self.config, timestep, self.num_train_timesteps) for s in self.sites)
 
     def generator(self, *keys: int) -> torch.Generator:
-        t = -1 if self.timestep is None else int(round(self.timestep))
-        seed = self.config.seed
-        for k in (t, *keys):
-            seed = (seed * 1_000_003 + k + 7) % (2**63 - 1)
-        return torch.Generator().manual_seed(seed)
+        return step_generator(self.config.seed, self.timestep, *keys)
 
 
 class _Site:

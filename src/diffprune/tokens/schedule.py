@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from .config import TokenPruningConfig
 
 
@@ -57,3 +59,12 @@ def ratio_for(site: AttentionSite, config: TokenPruningConfig, timestep: float |
     if early and site.spared_early:
         return 0.0
     return config.ratio_at(early)
+
+
+def step_generator(seed: int, timestep: float | None, *keys: int) -> torch.Generator:
+    """The generator of one random choice, seeded from (seed, timestep, keys): the same call of the same site
+    draws the same tokens however often a pipeline runs."""
+    value = seed
+    for k in (-1 if timestep is None else int(round(timestep)), *keys):
+        value = (value * 1_000_003 + k + 7) % (2**63 - 1)
+    return torch.Generator().manual_seed(value)
