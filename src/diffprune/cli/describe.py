@@ -18,12 +18,12 @@ def add_commands(sub) -> None:
     p.add_argument("--resolution", type=positive_int, help="image side in pixels (default: the model's own)")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of each call (default 1)")
     p.add_argument("--latency", type=positive_int, metavar="N",
-                   help="also time N U-Net calls (median; needs real weights, slow for big models)")
+                   help="also time N denoiser calls (median; needs real weights, slow for big models)")
     p.add_argument("--device", default=None,
                    help="cpu, cuda[:i] or meta (random:<arch> defaults to meta: no memory, no non-zero counts)")
     add_tokens(p)
     p.add_argument("--steps", type=positive_int, metavar="N",
-                   help="report U-Net FLOPs as the mean over an N-step schedule (default with --tokens: 20)")
+                   help="report denoiser FLOPs as the mean over an N-step schedule (default with --tokens: 20)")
     p.add_argument("--json", metavar="FILE", help="also write the measurement as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace an existing JSON file")
 
