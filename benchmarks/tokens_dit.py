@@ -17,6 +17,8 @@ each also stacked with diffusers' first-block cache when the transformer support
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import statistics
 import time
 
@@ -88,6 +90,42 @@ def speed(args) -> None:
             print(f"{spec:<40}{median[spec]:>9.2f}{up:>9.3f}x{ideal[spec]:>7.3f}x{up / ideal[spec]:>10.2f}")
 
 
+@contextlib.contextmanager
+def first_block_cache(pipe, threshold: float, spec: str | None = None):
+    """A copy of ``pipe`` (token pruning ``spec`` installed on it, if given) with diffusers' first-block cache on
+    its transformer. Flux's pipeline enters the cache context itself; PixArt's (``shapes-dit``) does not, so the
+    copy's transformer runs inside one context, with its cache state reset whenever a call's timestep is higher
+    than the last one's (a new sampling run). The copy is dropped afterwards."""
+    from diffusers.hooks import FirstBlockCacheConfig, HookRegistry, apply_first_block_cache
+    from diffusers.models.cache_utils import CacheMixin
+
+    cached = copy.deepcopy(pipe)
+    if spec is not None:
+        tokens.apply(cached, tokens.parse_spec(spec))
+    model = cached.transformer
+    apply_first_block_cache(model, FirstBlockCacheConfig(threshold=threshold))
+    if isinstance(model, CacheMixin):  # its pipeline sets the context and resets the state itself
+        yield cached
+        return
+    last, open_context = {"t": None}, []
+
+    def enter(module, args, kwargs):
+        t = float(kwargs["timestep"].flatten()[0])
+        if last["t"] is not None and t > last["t"]:
+            HookRegistry.check_if_exists_or_initialize(module).reset_stateful_hooks()
+        last["t"] = t
+        context = CacheMixin.cache_context(module, "cond")
+        context.__enter__()
+        open_context.append(context)
+
+    def leave(module, args, output):
+        open_context.pop().__exit__(None, None, None)
+
+    model.register_forward_pre_hook(enter, with_kwargs=True)
+    model.register_forward_hook(leave)
+    yield cached
+
+
 def quality(args) -> None:
     from diffprune.errors import DiffpruneError
     from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
@@ -126,19 +164,14 @@ def quality(args) -> None:
         print(f"{label:<44}" + "".join(f"{metrics[k]:>10.3f}" for k in keys) + f"{agree:>8.3f}", flush=True)
 
     row("(unpruned)", dense)
-    cache = hasattr(pipe.transformer, "enable_cache")
+    with first_block_cache(pipe, args.cache_threshold) as cached:
+        row(f"first-block cache {args.cache_threshold}", run_shapes_suite(cached, suite, evaluator))
     for name, config in variants.items():
         tokens.apply(pipe, config)
         row(config.spec(), run_shapes_suite(pipe, suite, evaluator))
-        if cache:
-            from diffusers.hooks import FirstBlockCacheConfig
-
-            pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=args.cache_threshold))
-            row(config.spec() + " + first-block cache", run_shapes_suite(pipe, suite, evaluator))
-            pipe.transformer.disable_cache()
         tokens.remove(pipe)
-    if not cache:
-        print("(the shapes-dit transformer has no enable_cache in this diffusers: no cache rows)")
+        with first_block_cache(pipe, args.cache_threshold, config.spec()) as cached:
+            row(config.spec() + " + first-block cache", run_shapes_suite(cached, suite, evaluator))
 
 
 def main(argv: list[str] | None = None) -> None:
