@@ -212,3 +212,29 @@ def test_cli_distill_quick_run_resume_and_refusals(shapes, tmp_path, capsys):
     assert (foreign / "notes.txt").read_text() == "keep"
     assert main([*args, "--resume", "latest", "--work", str(tmp_path / "empty")]) == 2
     assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_cli_distill_loads_the_teacher_with_the_source_options(tmp_path, monkeypatch):
+    """--dtype, --config and the integrity checks apply to the teacher as to the student (they were ignored)."""
+    import diffprune.io
+    from diffprune.cli import main
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load(source, **kwargs):
+        calls.append((source, kwargs))
+        if len(calls) == 2:
+            raise Stop
+        return object()
+
+    monkeypatch.setattr(diffprune.io, "load", fake_load)
+    monkeypatch.setattr(diffprune, "load", fake_load)
+    with pytest.raises(Stop):
+        main(["distill", "random:tiny-sd", "--teacher", "random:tiny-sd", "--data", "shapes", "--quick",
+              "--dtype", "bf16", "--no-verify", "--out", str(tmp_path / "out")])
+    (_, student), (teacher_source, teacher) = calls
+    assert teacher_source == "random:tiny-sd" and teacher == student
+    assert teacher["dtype"] == "bf16" and teacher["verify"] is False

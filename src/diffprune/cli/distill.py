@@ -105,7 +105,7 @@ def _data(args, teacher, work: Path, quick: bool):
 def run(args) -> int:
     from accelerate import PartialState
 
-    from diffprune import load, save
+    from diffprune import save
     from diffprune._fs import check_outputs
     from diffprune.distill import DistillData, distill, feature_spread, plot_terms
     from diffprune.report import Report
@@ -125,7 +125,7 @@ def run(args) -> int:
         import shutil
 
         shutil.rmtree(work)
-    student, teacher = load_source(args), load(args.teacher)
+    student, teacher = load_source(args), load_source(args, args.teacher)  # the same dtype and checks
     if state.is_main_process:  # the main process builds the data once; the others read its cache
         data = _data(args, teacher, work, args.quick)
         work.mkdir(parents=True, exist_ok=True)

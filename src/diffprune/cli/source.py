@@ -31,12 +31,13 @@ def add_source_options(p: argparse.ArgumentParser, *, optional: bool = False) ->
                    help="load weights that hold NaN or infinity instead of refusing them")
 
 
-def load_source(args, **kwargs):
-    """``diffprune.load`` with the source options every command shares."""
+def load_source(args, source: str | None = None, **kwargs):
+    """``diffprune.load`` of ``source`` (default: the command's SOURCE) with the source options every command
+    shares (``--dtype``, ``--config``, ``--no-verify``, ``--allow-nonfinite``)."""
     from diffprune import load
 
-    return load(args.source, dtype=args.dtype, config=args.config, verify=not args.no_verify,
-                allow_nonfinite=args.allow_nonfinite, **kwargs)
+    return load(args.source if source is None else source, dtype=args.dtype, config=args.config,
+                verify=not args.no_verify, allow_nonfinite=args.allow_nonfinite, **kwargs)
 
 
 def input_paths(args) -> list[str]:
