@@ -271,3 +271,12 @@ def test_a_saved_dit_pipeline_carries_its_token_pruning_and_load_installs_it(tmp
     tokens.prune(pipe, config)
     back = diffprune.load(diffprune.save(pipe, tmp_path / "saved"))
     assert tokens.applied_config(back) == config
+
+
+def test_flux_flops_count_on_meta_with_a_batch():
+    """On the meta device the kept sets have no values; every sample is counted like the first."""
+    model = _model("tiny-flux")
+    sizes = dict(resolution=64, batch=2, vae_scale_factor=4, text_length=6)
+    base = tokens.schedule_flops(model, 3, **sizes).mean_tflops
+    tokens.apply(model, tokens.parse_spec("atedm:ratio=0.5,blocks=0-3"))
+    assert tokens.schedule_flops(model, 3, **sizes).mean_tflops < base

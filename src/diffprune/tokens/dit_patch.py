@@ -25,6 +25,7 @@ from . import recovery
 from .config import TokenPruningConfig
 from .dit_sites import TIMESTEP_SCALE, Segment, early, image_grid, segments, transformer_blocks
 from .gwpr import kept_count
+from .kept import KeptTokens
 from .schedule import step_generator
 from .tome import bipartite_matching
 
@@ -119,7 +120,7 @@ class DitRuntime:
     def plan(self, timestep: float | None) -> tuple:
         is_early = early(self.config, timestep, self.num_train_timesteps)
         ratio = self.config.ratio_at(is_early)
-        return tuple((s.during(is_early, True), ratio) if ratio > 0 else (None, 0.0) for s in self.segments)
+        return tuple((s.during(is_early), ratio) if ratio > 0 else (None, 0.0) for s in self.segments)
 
     def start_call(self, module, args, kwargs):
         call = self.signature.bind_partial(module, *args, **kwargs).arguments
@@ -171,8 +172,6 @@ class DitRuntime:
         state.kept, state.pruned = kept, pruned
         state.source = scoring.copy_sources(attention, rows, cells, kept, pruned)
         if self.observers:
-            from .patch import KeptTokens
-
             event = KeptTokens(site=block.name, timestep=self.timestep, tokens=n, grid=self.grid,
                                kept=kept.detach().cpu())
             for observer in self.observers:
@@ -183,7 +182,8 @@ class DitRuntime:
         cos, sin = rotary
         text_cos, text_sin, image_cos, image_sin = cos[:text_tokens], sin[:text_tokens], cos[text_tokens:], \
             sin[text_tokens:]
-        if positions.shape[0] == 1 or bool((positions == positions[:1]).all()):
+        shared = positions.shape[0] == 1 or positions.device.type == "meta" or bool((positions == positions[:1]).all())
+        if shared:  # on meta (FLOPs counts) every sample costs the same
             index = positions[0].to(cos.device)
             return torch.cat([text_cos, image_cos[index]]), torch.cat([text_sin, image_sin[index]])
         index = positions.to(cos.device)

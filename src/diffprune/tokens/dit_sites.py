@@ -35,10 +35,10 @@ class Segment:
     last: int
     index: int
 
-    def during(self, early: bool, dsap: bool) -> tuple[int, int] | None:
+    def during(self, early: bool) -> tuple[int, int] | None:
         """The (first, last) blocks active at this step; DSAP's early phase spares the first pruned block and
         the last one (``None`` when nothing is left to prune)."""
-        if not (early and dsap):
+        if not early:
             return self.first, self.last
         first, last = self.first + 1, self.last - 1
         return (first, last) if last > first else None

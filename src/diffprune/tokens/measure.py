@@ -1,5 +1,6 @@
 """FLOPs of a token-pruned U-Net or diffusion transformer averaged over a sampling schedule (DSAP makes steps
-differ), counted on what really runs: the explicit scoring attention, G-WPR's iterations and ToMe's similarity products included."""
+differ), counted on what really runs: the explicit scoring attention, G-WPR's iterations and ToMe's similarity
+products included."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from diffprune.errors import DiffpruneError
 from . import dit_scoring, gwpr, recovery
 from .attention import MapRequest, unwrap_processor, wrap_processor
 from .config import TokenPruningConfig
+from .kept import KeptTokens
 from .dit_patch import ATTR as _DIT_ATTR
 from .dit_patch import DitPatch, apply_dit, undo_dit
 from .layers import check_layer, pruned_layer_forward, tome_layer_forward
@@ -27,18 +28,6 @@ from .schedule import AttentionSite, attention_sites, ratio_for, step_generator
 from .tome import bipartite_matching
 
 _ATTR = _DIT_ATTR  # one attribute on either denoiser: a transformer holds a DitPatch, a U-Net a _Patch
-
-
-@dataclass(frozen=True)
-class KeptTokens:
-    """What one attention block kept in one U-Net call: ``kept`` (batch, kept count) token indices into the
-    ``tokens`` = height x width tokens of ``grid``, row-major."""
-
-    site: str
-    timestep: float | None
-    tokens: int
-    grid: tuple[int, int] | None
-    kept: torch.Tensor
 
 
 class _Runtime:
