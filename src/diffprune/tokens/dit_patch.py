@@ -281,7 +281,7 @@ def _after_block(runtime: DitRuntime, index: int, module, args, kwargs, output):
     return None
 
 
-def _sana_attention_before(runtime: DitRuntime, index: int, module, args, kwargs):
+def _sana_attention_before(runtime: DitRuntime, index: int, part: int, module, args, kwargs):
     _, state = runtime.segment_of(index)
     if state.span is None or not state.span[0] <= index <= state.span[1]:
         return None
@@ -289,22 +289,22 @@ def _sana_attention_before(runtime: DitRuntime, index: int, module, args, kwargs
     if runtime.config.method == "tome":
         height, width = runtime.grid
         matching = bipartite_matching(x, height, width, state.ratio, runtime.config.stride,
-                                      runtime.generator(index, id(module) % 1009))
+                                      runtime.generator(index, part))
         if matching is None:
             return None
-        state.merges[id(module)] = matching
+        state.merges[(index, part)] = matching
         return _with_image_in(args, kwargs, matching.merge(x))
     if index == state.span[0] or state.kept is None:
         return None
-    state.merges[id(module)] = None
+    state.merges[(index, part)] = None
     return _with_image_in(args, kwargs, recovery.gather_tokens(x, state.kept))
 
 
-def _sana_attention_after(runtime: DitRuntime, index: int, module, args, kwargs, output):
+def _sana_attention_after(runtime: DitRuntime, index: int, part: int, module, args, kwargs, output):
     _, state = runtime.segment_of(index)
-    if id(module) not in state.merges:
+    if (index, part) not in state.merges:
         return None
-    matching = state.merges.pop(id(module))
+    matching = state.merges.pop((index, part))
     if matching is not None:
         return matching.unmerge(output)
     batch, _, channels = output.shape
@@ -342,13 +342,13 @@ def apply_dit(model, config: TokenPruningConfig, num_train_timesteps: int = 1000
                     functools.partial(_after_block, runtime, index), with_kwargs=True))
                 attn = _attention_of(model, block)
                 if block.kind == "sana":
-                    for part in (module.attn1, module.attn2):
-                        if part is None:
+                    for part, attention in enumerate((module.attn1, module.attn2)):
+                        if attention is None:
                             continue
-                        patch.handles.append(part.register_forward_pre_hook(
-                            functools.partial(_sana_attention_before, runtime, index), with_kwargs=True))
-                        patch.handles.append(part.register_forward_hook(
-                            functools.partial(_sana_attention_after, runtime, index), with_kwargs=True))
+                        patch.handles.append(attention.register_forward_pre_hook(
+                            functools.partial(_sana_attention_before, runtime, index, part), with_kwargs=True))
+                        patch.handles.append(attention.register_forward_hook(
+                            functools.partial(_sana_attention_after, runtime, index, part), with_kwargs=True))
                 if block.kind in ("double", "single"):
                     attn.set_processor(PerSampleProcessor(attn.processor))
                     patch.processors.append(attn)
