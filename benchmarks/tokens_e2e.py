@@ -5,10 +5,13 @@
     python benchmarks/tokens_e2e.py --source random:sd15 --resolution 512 --prompts 1 --steps 4
 
 Every variant generates the same prompts from the same seeds with the same pipeline (one copy of the weights),
-its patch installed before the timed run and removed after it. Rounds visit the variants in an order rotated by
-one, the first round warms up, and the median of ``--repeats`` rounds is reported. FLOPs-ideal: the FLOPs of one
+its patch installed before the timed run and removed after it. A first run of each variant warms it up (its images
+are the ones scored); then each variant is timed ``--repeats`` times, every run next to an unpatched one (order
+alternating), and the speed-up is the median of those pairs' ratios, with quartiles: on a shared host identical
+runs differ by up to 15 %, and pairs keep a slow spell from counting against one side. FLOPs-ideal: the FLOPs of one
 whole pipeline call (text encoder, every denoiser call, VAE decode) of the unpatched pipeline over the variant's,
-counted while really running it (so DeepCache's skipped steps and tomesd's merges count as they run). Quality
+counted while really running it (so DeepCache's skipped steps and tomesd's merges count as they run). Only the
+generation is timed; the images of the first round are scored afterwards. Quality
 against the unpatched run: the shapes suite on the testbed (accuracy, FD, reading agreement) and PSNR of the
 images (other sources: PSNR only, and with random weights it says nothing about quality). ``tomesd`` and
 ``DeepCache`` rows need those packages (``pip install diffprune[peers]``); without them
@@ -25,8 +28,8 @@ import torch
 
 import diffprune
 from diffprune.bench.peers import PEERS, apply_variant, available, is_peer, parse_peer, split_variant
-from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite, shapes_prompts
-from diffprune.measure import describe_hardware, flop_counter
+from diffprune.evaluate import ShapesSuiteConfig, generate, reading_agreement, shapes_metrics, shapes_prompts
+from diffprune.measure import describe_hardware, flop_counter, paired_speedup
 
 VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "atedm:ratio=0.63,copy=delta", "random:ratio=0.63",
             "tome:ratio=0.5,levels=1",
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source", default="shapes")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--variants", nargs="+", default=VARIANTS)
     parser.add_argument("--resolution", type=int, default=None, help="image side (default: the pipeline's)")
     args = parser.parse_args(argv)
@@ -65,15 +68,22 @@ def main(argv: list[str] | None = None) -> None:
 
         evaluator = load_evaluator()
         suite = ShapesSuiteConfig(prompts=args.prompts, steps=args.steps, progress=False)
+        prompts = shapes_prompts(suite.prompts, suite.seed, suite.split)
     captions = [p.caption for p in shapes_prompts(args.prompts, seed=0)]
 
-    class Generated:  # what the rows read from a run on another source
+    class Generated:  # a run's images; on the testbed, scored after the timed part
         def __init__(self, images):
             self.images, self.metrics, self.readings = images, {}, None
 
-    def sample():
+        def score(self):
+            if testbed:
+                self.metrics, _, self.readings = shapes_metrics(self.images, prompts, evaluator)
+            return self
+
+    def sample():  # the timed part: generation only (scoring the images is not what a user waits for)
         if testbed:
-            return run_shapes_suite(pipe, suite, evaluator)
+            return Generated(generate(pipe, prompts, steps=suite.steps, guidance_scale=suite.guidance_scale,
+                                      batch_size=suite.batch_size, progress=False))
         with torch.inference_mode():
             return Generated(pipe(captions, num_inference_steps=args.steps, height=size, width=size,
                                   generator=[torch.Generator().manual_seed(i) for i in range(len(captions))],
@@ -83,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def run(spec: str):
         remove = (lambda: None) if spec == "(unpatched)" else apply_variant(pipe, spec)
-        try:
+        try:  # the patch goes on and comes off outside the timed part
             start = time.perf_counter()
             result = sample()
             return result, time.perf_counter() - start
@@ -101,30 +111,29 @@ def main(argv: list[str] | None = None) -> None:
             remove()
 
     flops = {v: pipeline_flops(v) for v in variants}
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    results = {}
-    for round_ in range(args.repeats + 1):
-        for k in range(len(variants)):
-            spec = variants[(round_ + k) % len(variants)]
-            result, seconds = run(spec)
-            if round_ == 0:
-                results[spec] = result
-            else:
-                times[spec].append(seconds)
+    results = {v: run(v)[0].score() for v in variants}  # warms every variant up; its images are scored
+    speed, seconds = {"(unpatched)": (1.0, 1.0, 1.0)}, {}
+    for spec in variants[1:]:  # pairs timed side by side, the order alternating: (A B), (B A), ...
+        pairs: dict[str, list[float]] = {"(unpatched)": [], spec: []}
+        for i in range(args.repeats):
+            for label in (("(unpatched)", spec) if i % 2 == 0 else (spec, "(unpatched)")):
+                pairs[label].append(run(label)[1])
+        speed[spec] = paired_speedup(pairs["(unpatched)"], pairs[spec])
+        seconds[spec] = statistics.median(pairs[spec])
+        seconds.setdefault("(unpatched)", statistics.median(pairs["(unpatched)"]))
     base = results["(unpatched)"]
-    median = {v: statistics.median(t) for v, t in times.items()}
-    print(f"\n{args.source}: {args.prompts} prompts x {args.steps} steps per run, median of {args.repeats} "
-          f"interleaved runs; {describe_hardware().get('cpu', 'cpu')}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
-    print(f"{'variant':<48}{'s':>7}{'speed-up':>9}{'ideal':>7}{'of ideal':>9}{'all':>7}{'FD':>8}{'agree':>7}"
-          f"{'PSNR':>7}")
+    print(f"\n{args.source}: {args.prompts} prompts x {args.steps} steps per run; speed-up: median of {args.repeats} "
+          f"runs each timed next to an unpatched one [quartiles]; {describe_hardware().get('cpu', 'cpu')}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'variant':<48}{'s':>7}{'speed-up':>9}{'[quartiles]':>14}{'ideal':>7}{'of ideal':>9}{'all':>7}{'FD':>8}"
+          f"{'agree':>7}{'PSNR':>7}")
     for spec in variants:
-        up, ideal = median["(unpatched)"] / median[spec], flops["(unpatched)"] / flops[spec]
+        (up, low, high), ideal = speed[spec], flops["(unpatched)"] / flops[spec]
         m = results[spec].metrics
         nan = float("nan")
         agree = reading_agreement(results[spec].readings, base.readings)["agreement_all"] if testbed else nan
-        print(f"{spec:<48}{median[spec]:>7.1f}{up:>8.2f}x{ideal:>6.2f}x{up / ideal:>9.2f}"
-              f"{m.get('accuracy_all', nan):>7.2f}{m.get('fd', nan):>8.0f}{agree:>7.2f}"
+        print(f"{spec:<48}{seconds.get(spec, nan):>7.1f}{up:>8.2f}x  [{low:.2f}-{high:.2f}]{ideal:>6.2f}x"
+              f"{up / ideal:>9.2f}{m.get('accuracy_all', nan):>7.2f}{m.get('fd', nan):>8.0f}{agree:>7.2f}"
               f"{_psnr(results[spec].images, base.images):>7.1f}", flush=True)
     for spec, why in skipped.items():
         print(f"{spec:<48}  not run: {why}")

@@ -40,7 +40,7 @@ def _row(arch, resolution, spec, base_flops, flops, comparison):
     measured = comparison.speedup
     return (f"{arch:<6}{resolution:>6}  {spec:<34}{base_flops / 1e9:>10.2f}{flops / 1e9:>10.2f}{ideal:>8.3f}"
             f"{comparison.baseline.median_s:>9.2f}{comparison.candidate.median_s:>9.2f}{measured:>9.3f}"
-            f"{measured / ideal:>9.3f}")
+            f"{measured / ideal:>9.3f}  [{comparison.speedup_low:.3f}-{comparison.speedup_high:.3f}]")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -61,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
                             "tome:ratio=0.5,levels=1", "tomesd:ratio=0.5,max_downsample=1"]
     print(f"hardware: {describe_hardware()}; torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{platform.python_version()}; batch {args.batch}, timestep {args.timestep:g}, "
-          f"median of {args.repeats} interleaved calls")
+          f"speed-up: median of {args.repeats} paired calls")
     print(f"{'arch':<6}{'res':>6}  {'tokens':<34}{'GF base':>10}{'GF pruned':>10}{'ideal':>8}"
-          f"{'s base':>9}{'s pruned':>9}{'speedup':>9}{'quotient':>9}", flush=True)
+          f"{'s base':>9}{'s pruned':>9}{'speedup':>9}{'quotient':>9}  [speed-up quartiles]", flush=True)
     for arch, resolution in zip(archs, resolutions):
         sizes = {}
         if arch == "shapes":

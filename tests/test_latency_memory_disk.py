@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffprune import DiffpruneError
-from diffprune.measure import compare_latency, disk_usage, measure_latency, peak_memory, release_free_memory
+from diffprune.measure import compare_latency, disk_usage, paired_speedup, measure_latency, peak_memory, release_free_memory
 
 
 class FakeClock:
@@ -113,3 +113,30 @@ def test_peak_memory_sees_the_same_peak_when_a_call_is_measured_twice():
 
     deltas = [peak_memory(many_small, interval=0.001)[1].delta_bytes for _ in range(3)]
     assert min(deltas) >= 0.75 * 200 * 2**20
+
+
+def test_paired_speedup_is_the_median_of_the_per_pair_ratios():
+    # the machine slows down 3x after two rounds; each pair (timed side by side) still shows 2x
+    speedup, low, high = paired_speedup([2.0, 2.0, 6.0, 6.0, 6.0], [1.0, 1.0, 3.0, 3.0, 3.0])
+    assert speedup == pytest.approx(2.0) and low == pytest.approx(2.0) and high == pytest.approx(2.0)
+    # one slow spell inside a pair spoils that pair only
+    speedup, _, _ = paired_speedup([2.0, 2.0, 2.0, 2.0, 2.0], [1.0, 1.0, 9.0, 1.0, 1.0])
+    assert speedup == pytest.approx(2.0)
+    speedup, low, high = paired_speedup([4.0, 4.0, 4.0, 4.0], [1.0, 2.0, 4.0, 8.0])
+    assert speedup == pytest.approx(1.5) and low == pytest.approx(0.875) and high == pytest.approx(2.5)
+    with pytest.raises(DiffpruneError):
+        paired_speedup([1.0], [1.0, 2.0])
+
+
+def test_compare_latency_reports_the_paired_ratio_and_its_quartiles():
+    clock = FakeClock()
+    slow = iter([1, 1, 1, 1, 3, 3, 3, 3, 3, 3, 3, 3])  # the machine's speed factor, one per call
+
+    def make(seconds):
+        def fn():
+            clock.pending += seconds * next(slow)
+        return fn
+
+    cmp = compare_latency(make(2.0), make(1.0), repeats=5, warmup=1, timer=clock)
+    assert cmp.speedup == pytest.approx(2.0) and cmp.speedup_low == pytest.approx(2.0)
+    assert cmp.baseline.times_s and len(cmp.baseline.times_s) == 5

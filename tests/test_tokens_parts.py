@@ -44,6 +44,20 @@ def test_split_is_a_partition_in_spatial_order():
     assert kept_count(10, 0.63) == 4 and kept_count(10, 0.0) == 10 and kept_count(3, 0.99) == 1
 
 
+def test_split_chooses_what_a_stable_descending_sort_chooses_ties_included():
+    generator = torch.Generator().manual_seed(0)
+    for n, levels in ((7, 3), (64, 5), (256, 1000), (256, 2)):
+        scores = torch.randint(levels, (5, n), generator=generator).float()  # few levels: many ties
+        for keep in (1, n // 3, n - 1, n):
+            order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+            kept, pruned = split_tokens(scores, keep)
+            assert torch.equal(kept, order[:, :keep].sort(dim=1).values)
+            assert torch.equal(pruned, order[:, keep:].sort(dim=1).values)
+    with_nan = torch.tensor([[0.2, float("nan"), 0.5, 0.1]])
+    kept, pruned = split_tokens(with_nan, 2)
+    assert sorted(kept[0].tolist() + pruned[0].tolist()) == [0, 1, 2, 3] and kept.shape == (1, 2)
+
+
 def test_recovery_copies_the_most_attended_kept_token():
     attention = torch.tensor([[[0.1, 0.6, 0.1, 0.2],
                                [0.3, 0.1, 0.1, 0.5],

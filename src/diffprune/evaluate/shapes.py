@@ -79,6 +79,22 @@ def ground_truth(prompts: list[EvalPrompt], seed_offset: int = 0) -> torch.Tenso
     return to_float(render_images([(p.scene, p.seed + seed_offset) for p in prompts]))
 
 
+def shapes_metrics(images: torch.Tensor, prompts: list[EvalPrompt], evaluator=None):
+    """The suite's scores of already generated ``images`` (one per prompt, in order, float in [0, 1]):
+    ``(metrics, per-prompt scores, readings)``. Lets a caller time generation apart from scoring."""
+    if len(images) != len(prompts):
+        raise DiffpruneError(f"{len(images)} images for {len(prompts)} prompts")
+    evaluator = evaluator or load_evaluator()
+    scores, readings = score_images(images, prompts, evaluator)
+    metrics = summarize(scores, prompts)
+    truth = ground_truth(prompts)
+    metrics["fd"] = frechet_distance(evaluator.features, FEATURE_DIM, truth, images)
+    # the same distance between two sets of ground-truth renders: what "as good as the world" reads
+    metrics["fd_ground_truth"] = frechet_distance(evaluator.features, FEATURE_DIM, truth,
+                                                  ground_truth(prompts, seed_offset=7_919))
+    return metrics, scores, readings
+
+
 def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=None) -> ShapesResult:
     """Generate, read and score; see the module docstring. ``pipe`` must draw 64x64 shapes-world images."""
     config = config or ShapesSuiteConfig()
@@ -91,13 +107,7 @@ def run_shapes_suite(pipe, config: ShapesSuiteConfig | None = None, evaluator=No
                              f"this one draws {size}x{size}")
     images = generate(pipe, prompts, steps=config.steps, guidance_scale=config.guidance_scale,
                       batch_size=config.batch_size, progress=config.progress, desc="shapes suite")
-    scores, readings = score_images(images, prompts, evaluator)
-    metrics = summarize(scores, prompts)
-    truth = ground_truth(prompts)
-    metrics["fd"] = frechet_distance(evaluator.features, FEATURE_DIM, truth, images)
-    # the same distance between two sets of ground-truth renders: what "as good as the world" reads
-    metrics["fd_ground_truth"] = frechet_distance(evaluator.features, FEATURE_DIM, truth,
-                                                  ground_truth(prompts, seed_offset=7_919))
+    metrics, scores, readings = shapes_metrics(images, prompts, evaluator)
     metrics.update(split=config.split, n_images=len(images), steps=config.steps,
                    guidance_scale=config.guidance_scale, seed=config.seed,
                    seconds=round(time.perf_counter() - start, 2))

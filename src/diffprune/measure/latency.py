@@ -1,7 +1,9 @@
 """Wall-clock latency: warm-up, then the median of repeated runs; A/B comparisons interleaved in one process.
 
 Machines drift (thermal state, other load), so a speed-up is only trusted when both variants are timed
-alternately in the same process; :func:`compare_latency` does that and returns the ratio.
+alternately in the same process; :func:`compare_latency` does that and returns the ratio. On a shared host
+consecutive identical runs can differ by 15 %, so the ratio is the median of the ratios of runs timed next to
+each other (:func:`paired_speedup`), with its quartiles as the spread.
 """
 
 from __future__ import annotations
@@ -27,16 +29,37 @@ class LatencyStats:
     repeats: int
     warmup: int
     device: str
+    times_s: list[float] = field(default_factory=list)  # every timed run, in the order they ran
+
+
+def paired_speedup(baseline_s: list[float], candidate_s: list[float]) -> tuple[float, float, float]:
+    """How many times faster the candidate is, from runs timed in pairs (``baseline_s[i]`` next to
+    ``candidate_s[i]``): the median of the per-pair ratios and their lower and upper quartiles. A slow spell of
+    the machine then spoils one pair, not one side of the comparison."""
+    if not baseline_s or len(baseline_s) != len(candidate_s):
+        raise DiffpruneError(f"need as many baseline as candidate runs, at least one "
+                             f"(got {len(baseline_s)} and {len(candidate_s)})")
+    ratios = sorted(b / c for b, c in zip(baseline_s, candidate_s))
+    if len(ratios) == 1:
+        return ratios[0], ratios[0], ratios[0]
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), low, high
 
 
 @dataclass
 class LatencyComparison:
     baseline: LatencyStats
     candidate: LatencyStats
-    speedup: float = field(init=False)  # how many times faster the candidate is (ratio of medians)
+    speedup: float = field(init=False)       # how many times faster the candidate is (median of paired ratios)
+    speedup_low: float = field(init=False)   # lower quartile of the paired ratios
+    speedup_high: float = field(init=False)  # upper quartile
 
     def __post_init__(self) -> None:
-        self.speedup = self.baseline.median_s / self.candidate.median_s
+        if self.baseline.times_s and len(self.baseline.times_s) == len(self.candidate.times_s):
+            self.speedup, self.speedup_low, self.speedup_high = paired_speedup(self.baseline.times_s,
+                                                                               self.candidate.times_s)
+        else:
+            self.speedup = self.speedup_low = self.speedup_high = self.baseline.median_s / self.candidate.median_s
 
 
 def _sync(device: str) -> None:
@@ -55,6 +78,7 @@ def _stats(label: str, times: list[float], warmup: int, device: str) -> LatencyS
         repeats=len(times),
         warmup=warmup,
         device=device,
+        times_s=list(times),
     )
 
 

@@ -60,6 +60,8 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, 
     rows summing to 1. ``linear``: Sana's ReLU kernel instead of the softmax."""
     batch, heads, n, dim = k.shape
     queries = q if rows is None else q[:, :, rows]
+    if not linear:  # scaled on the queries' side: D wide, not N (and as the explicit and fused kernels scale)
+        queries = queries.float() * (scale if scale is not None else dim**-0.5)
     m = queries.shape[2]
     out = torch.empty(batch, m, n, dtype=torch.float32, device=q.device)
     key_t = k.float().transpose(-1, -2)
@@ -73,7 +75,7 @@ def attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor | None, 
             chunk = chunk.relu()
             weights = torch.matmul(chunk, key_t) / (torch.matmul(chunk, key_sum) + 1e-15)
         else:
-            weights = (torch.matmul(chunk, key_t) * (scale if scale is not None else dim**-0.5)).softmax(-1)
+            weights = torch.matmul(chunk, key_t).softmax(-1)
         torch.mean(weights, 1, out=out[:, start:start + step])
     return out
 
