@@ -143,3 +143,25 @@ def test_spec_strings_round_trip_and_refuse_bad_input():
                 "atedm:dsap=maybe", "atedm:levels=3", "atedm:ratio=abc"):
         with pytest.raises(DiffpruneError):
             parse_spec(bad)
+
+
+def test_row_copies_equal_the_element_wise_gather_scatter_and_mean():
+    from diffprune.tokens import rows
+    from diffprune.tokens.tome import bipartite_matching
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 36, 5, generator=generator)
+    index = torch.rand(3, 36, generator=generator).argsort(1)[:, :10]
+    expanded = index.unsqueeze(-1).expand(-1, -1, 5)
+    assert torch.equal(rows.take(x, index), x.gather(1, expanded))
+    values = torch.randn(3, 10, 5, generator=generator)
+    assert torch.equal(rows.put(x.clone(), index, values), x.clone().scatter_(1, expanded, values))
+    # ToMe's merge: many sources averaged into one destination, bit for bit as scatter_reduce's mean
+    matching = bipartite_matching(x, 6, 6, 0.6, 2, torch.Generator().manual_seed(1))
+    kept, moving = x.gather(1, matching.kept.unsqueeze(-1).expand(-1, -1, 5)), matching.moving
+    reference = kept.scatter_reduce(1, matching.into.unsqueeze(-1).expand(-1, -1, 5),
+                                    x.gather(1, moving.unsqueeze(-1).expand(-1, -1, 5)), reduce="mean",
+                                    include_self=True)
+    assert matching.into.unique().numel() < matching.into.numel()  # duplicates do occur
+    assert torch.equal(matching.merge(x), reference)
+    assert rows.into_counts(torch.tensor([[0, 0, 2]]), 4).tolist() == [3.0, 1.0, 2.0, 1.0]

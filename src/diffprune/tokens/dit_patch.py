@@ -26,6 +26,7 @@ from .config import TokenPruningConfig
 from .dit_sites import TIMESTEP_SCALE, Segment, early, image_grid, segments, transformer_blocks
 from .gwpr import kept_count
 from .kept import KeptTokens
+from .rows import put
 from .schedule import step_generator
 from .tome import bipartite_matching
 
@@ -310,9 +311,8 @@ def _sana_attention_after(runtime: DitRuntime, index: int, part: int, module, ar
     batch, _, channels = output.shape
     n = state.kept.shape[1] + state.pruned.shape[1]
     full = output.new_empty(batch, n, channels)
-    full.scatter_(1, state.kept.unsqueeze(-1).expand(-1, -1, channels), output)
-    full.scatter_(1, state.pruned.unsqueeze(-1).expand(-1, -1, channels),
-                  recovery.gather_tokens(output, state.source))
+    put(full, state.kept, output)
+    put(full, state.pruned, recovery.gather_tokens(output, state.source))
     return full
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .gwpr import kept_count, split_tokens
+from .recovery import kept_positions, most_attended_kept, most_similar_kept
 
 #: scores (batch x heads x rows x keys) held at once while building attention rows
 _CHUNK = 1 << 22
@@ -115,15 +116,12 @@ def copy_sources(attention: torch.Tensor, rows: torch.Tensor | None, cells: torc
     """For every pruned token, the position in ``kept`` of the token it copies: the kept token its own query
     (``full``: ``rows`` and ``cells`` ``None``) or its cell's query attends to most; a cell whose query token is
     itself kept copies that token. (B, P) out."""
-    batch, m, n = attention.shape
-    best = attention.gather(2, kept.unsqueeze(1).expand(-1, m, -1)).argmax(-1)  # (B, M) positions in kept
-    position = torch.full((batch, n), -1, dtype=torch.long, device=kept.device)
-    position.scatter_(1, kept, torch.arange(kept.shape[1], device=kept.device).expand(batch, -1))
-    query_tokens = torch.arange(n, device=kept.device) if rows is None else rows
-    own = position[:, query_tokens]
-    best = torch.where(own >= 0, own, best)
-    cell = pruned if cells is None else cells[pruned]
-    return best.gather(1, cell)
+    if rows is None:
+        return most_similar_kept(attention, kept, pruned)
+    position = kept_positions(kept, attention.shape[-1])
+    own = position[:, rows]  # (B, M): a query token that is kept copies itself
+    best = torch.where(own >= 0, own, most_attended_kept(attention, position))
+    return best.gather(1, cells[pruned])
 
 
 def rank_tokens(query: torch.Tensor, key: torch.Tensor, ratio: float, *, grid: tuple[int, int] | None = None,

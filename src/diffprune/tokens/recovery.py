@@ -5,19 +5,34 @@ from __future__ import annotations
 
 import torch
 
+from .rows import put, take
+
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``x[b, index[b, k], :]`` for a (B, N, C) tensor and (B, K) indices."""
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    return take(x, index)
+
+
+def kept_positions(kept: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(B, N): each token's position in ``kept`` (B, K), or -1 where it is not kept."""
+    batch, count = kept.shape
+    position = torch.full((batch, tokens), -1, dtype=torch.long, device=kept.device)
+    return position.scatter_(1, kept, torch.arange(count, device=kept.device).expand(batch, -1))
+
+
+def most_attended_kept(attention: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """For each row of ``attention`` (B, M, N), the position in the kept set (``position``, from
+    :func:`kept_positions`) of the kept key it attends to most; ties to the lower token index. (B, M) out."""
+    masked = attention.masked_fill((position < 0).unsqueeze(1), -1.0)  # probabilities are >= 0
+    return position.gather(1, masked.argmax(-1))
 
 
 def most_similar_kept(attention: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
     """For each pruned token, the position (in ``kept``) of the kept token it attends to most.
 
-    ``attention`` is (B, N, N) with rows = queries; only the (pruned x kept) part is read. (B, P) out.
+    ``attention`` is (B, N, N) with rows = queries; only the pruned tokens' rows are read. (B, P) out.
     """
-    rows = attention.gather(1, pruned.unsqueeze(-1).expand(-1, -1, attention.shape[-1]))
-    return rows.gather(2, kept.unsqueeze(1).expand(-1, pruned.shape[1], -1)).argmax(-1)
+    return most_attended_kept(take(attention, pruned), kept_positions(kept, attention.shape[-1]))
 
 
 def refill(at_prune: torch.Tensor, kept_out: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor,
@@ -31,10 +46,9 @@ def refill(at_prune: torch.Tensor, kept_out: torch.Tensor, kept: torch.Tensor, p
     """
     channels = at_prune.shape[-1]
     out = at_prune.new_empty(at_prune.shape[0], kept.shape[1] + pruned.shape[1], channels)  # both scatters fill it
-    out.scatter_(1, kept.unsqueeze(-1).expand(-1, -1, channels), kept_out)
+    put(out, kept, kept_out)
     copied = gather_tokens(kept_out, source)
     if copy == "delta":
         source_before = gather_tokens(gather_tokens(at_prune, kept), source)
         copied = gather_tokens(at_prune, pruned) + (copied - source_before)
-    out.scatter_(1, pruned.unsqueeze(-1).expand(-1, -1, channels), copied)
-    return out
+    return put(out, pruned, copied)

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+from .rows import into_counts, mean_into, put, take
 
 
 @dataclass
@@ -15,33 +17,25 @@ class Matching:
 
     The merged sequence is the sources that stay, then the destinations (``kept``, (B, N - r)); each of the
     ``r`` merged-away sources (``moving``) is averaged into the destination at ``into`` (a position in the
-    merged sequence). Indices are built once per matching, so merge and unmerge are one gather and one
-    scatter-reduce, and one gather and two scatters."""
+    merged sequence). Indices are built once per matching; merge and unmerge are whole-row copies and sums
+    (:mod:`.rows`)."""
 
     kept: torch.Tensor    # (B, N - r) token indices of the merged sequence, in order
     moving: torch.Tensor  # (B, r) token indices merged away
     into: torch.Tensor    # (B, r) position in the merged sequence each one goes to
 
+    counts: torch.Tensor | None = field(default=None, repr=False)  # rows averaged per merged token, once
+
     def merge(self, x: torch.Tensor) -> torch.Tensor:
-        channels = x.shape[-1]
-        out = _take(x, self.kept)
-        return out.scatter_reduce(1, self.into.unsqueeze(-1).expand(-1, -1, channels), _take(x, self.moving),
-                                  reduce="mean", include_self=True)
+        if self.counts is None or self.counts.dtype != x.dtype:
+            self.counts = into_counts(self.into, self.kept.shape[1], x.dtype)
+        return mean_into(take(x, self.kept), self.into, take(x, self.moving), self.counts)
 
     def unmerge(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[0], x.shape[-1]
         out = x.new_empty(batch, self.kept.shape[1] + self.moving.shape[1], channels)
-        _put(out, self.kept, x)
-        _put(out, self.moving, _take(x, self.into))
-        return out
-
-
-def _take(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    return x.gather(1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
-
-
-def _put(out: torch.Tensor, index: torch.Tensor, values: torch.Tensor) -> None:
-    out.scatter_(1, index.unsqueeze(-1).expand(-1, -1, out.shape[-1]), values)
+        put(out, self.kept, x)
+        return put(out, self.moving, take(x, self.into))
 
 
 @functools.lru_cache(maxsize=64)
