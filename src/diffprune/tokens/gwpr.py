@@ -45,13 +45,11 @@ def split_tokens(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.T
     index = torch.arange(n, device=scores.device).expand(batch, n)
     if keep == 0:
         return index[:, :0], index
+    scores = scores.masked_fill(scores.isnan(), float("-inf"))  # a not-a-number score ranks last
     threshold = scores.topk(keep, dim=1).values[:, -1:]  # (B, 1): the keep-th largest score
     above = scores > threshold
-    tied = scores == threshold
+    tied = scores == threshold  # exactly keep tokens are chosen, without reading the count back (no device sync)
     chosen = above | (tied & (tied.cumsum(1) <= keep - above.sum(1, keepdim=True)))
-    if scores.device.type != "meta" and int(chosen.sum()) != batch * keep:  # not-a-number scores: sort them
-        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-        return order[:, :keep].sort(dim=1).values, order[:, keep:].sort(dim=1).values
     # chosen tokens go to the front in spatial order, the others behind them: one scatter of the indices
     before = chosen.cumsum(1)
     target = torch.where(chosen, before - 1, index - before + keep)
