@@ -74,6 +74,25 @@ def test_recovery_copies_the_most_attended_kept_token():
     assert delta.flatten().tolist() == [1.0, 11.0, 23.0, 33.0]  # own state + the source's update (+1, +3)
 
 
+
+
+def test_most_attended_kept_matches_the_masked_argmax_ties_and_zero_rows_included():
+    from diffprune.tokens.recovery import kept_positions, most_attended_kept
+
+    g = torch.Generator().manual_seed(3)
+    attention = torch.rand(4, 24, 40, generator=g).softmax(-1)
+    attention[0, 0] = 0.0
+    attention[0, 0, 5] = 1.0          # all mass on one key, which is pruned: every kept key reads 0, a tie
+    attention[1, 2, 7] = attention[1, 2, 30] = 2.0  # two kept keys tie: the lower token wins
+    kept = torch.stack([torch.randperm(40, generator=g)[:15].sort().values for _ in range(4)])
+    kept[0] = torch.cat([torch.arange(5), torch.arange(6, 16)])  # token 5 pruned
+    others = [t for t in range(40) if t not in (7, 30)][:13]
+    kept[1] = torch.tensor(sorted(others + [7, 30]))
+    position = kept_positions(kept, 40)
+    masked = attention.masked_fill((position < 0).unsqueeze(1), -1.0)  # the masked form, over all columns
+    expected = position.gather(1, masked.argmax(-1))
+    assert torch.equal(most_attended_kept(attention, kept), expected)
+    assert most_attended_kept(attention, kept)[0, 0].item() == 0  # the tie of zeros goes to the first kept token
 def test_map_processor_matches_the_fused_kernel_and_records_head_mean_probabilities():
     from diffusers.models.attention_processor import Attention
 

@@ -12,7 +12,8 @@ from diffprune.tokens.schedule import attention_sites
 
 SPECS = ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5", "atedm:ratio=0.5,copy=delta",
          "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer", "tome:ratio=0.5,merge=all",
-         "atedm:ratio=0.5,scorer=strided", "random:ratio=0.5,scorer=strided,query_stride=3"]
+         "atedm:ratio=0.5,scorer=strided", "random:ratio=0.5,scorer=strided,query_stride=3",
+         "atedm:ratio=0.5,refresh=2", "atedm:ratio=0.5,scorer=strided,refresh=3"]
 
 
 @pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl"])
@@ -102,7 +103,7 @@ def test_apply_is_idempotent(pipe):
         tokens.remove(pipe)
 
 
-@pytest.mark.parametrize("spec", ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5"])
+@pytest.mark.parametrize("spec", ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5", "atedm:ratio=0.5,refresh=2"])
 def test_pipeline_calls_are_deterministic_with_cfg_and_batch_two(pipe, spec):
     tokens.apply(pipe, tokens.parse_spec(spec))
     try:

@@ -118,9 +118,8 @@ def copy_sources(attention: torch.Tensor, rows: torch.Tensor | None, cells: torc
     itself kept copies that token. (B, P) out."""
     if rows is None:
         return most_similar_kept(attention, kept, pruned)
-    position = kept_positions(kept, attention.shape[-1])
-    own = position[:, rows]  # (B, M): a query token that is kept copies itself
-    best = torch.where(own >= 0, own, most_attended_kept(attention, position))
+    own = kept_positions(kept, attention.shape[-1])[:, rows]  # (B, M): a query token that is kept copies itself
+    best = torch.where(own >= 0, own, most_attended_kept(attention, kept))
     return best.gather(1, cells[pruned])
 
 

@@ -46,7 +46,8 @@ def schedule_timesteps(target, steps: int) -> list[float]:
 def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_scale_factor: int | None = None,
                    text_length: int | None = None) -> ScheduleFlops:
     """Count one U-Net call at every timestep of the schedule (on ``meta``: shapes only, no arithmetic); calls
-    with the same pruning plan are counted once. The VAE factor and text length default to the pipeline's
+    with the same pruning plan are counted once. With ``refresh`` > 1 the calls that reuse a ranking are
+    counted as such (no map, no G-WPR). The VAE factor and text length default to the pipeline's
     (8 and 77 for a bare U-Net)."""
     unet = denoiser_of(target, "token pruning")
     g = geometry(target, vae_scale_factor=vae_scale_factor, text_length=text_length)
@@ -55,12 +56,17 @@ def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_s
     patch = active_patch(unet)
     inputs = denoiser_inputs(unet, resolution=resolution, batch=batch, vae_scale_factor=vae_scale_factor,
                          text_length=text_length)
+    refresh = 1 if patch is None else patch.config.refresh
     cache: dict[tuple, FlopCount] = {}
     per_step = []
-    for t in timesteps:
-        key = () if patch is None else patch.runtime.plan(t)
+    for i, t in enumerate(timesteps):
+        ranking = i % refresh == 0  # with refresh > 1 the calls in between reuse the last ranking
+        key = () if patch is None else patch.runtime.plan(t) + (ranking,)
         if key not in cache:
-            with at_timestep(unet, t):
+            if not ranking:  # a ranking call at the same plan first, so each block has a ranking to reuse
+                with at_timestep(unet, t, ranking=True):
+                    count_flops(unet, **inputs)
+            with at_timestep(unet, t, ranking=None if refresh == 1 else ranking):
                 cache[key] = count_flops(unet, **inputs)
         per_step.append(cache[key])
     return ScheduleFlops(timesteps=timesteps, per_step=per_step)

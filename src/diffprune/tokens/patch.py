@@ -4,6 +4,8 @@ Everything is installed on module instances (hooks, wrapped attention processors
 and recorded, so ``remove`` restores the U-Net exactly and ``apply`` on a patched U-Net first removes the old
 patch. Per-call state (the timestep, pending recoveries) is reset at every U-Net call; random choices are
 seeded from (seed, timestep, site), so a pipeline call gives the same images however often it is repeated.
+With ``refresh`` > 1 each block keeps its last ranking for the next calls of the same sampling run; a call
+whose timestep is not below the previous one's starts a new run.
 """
 
 from __future__ import annotations
@@ -38,17 +40,27 @@ class _Runtime:
         self.num_train_timesteps = num_train_timesteps
         self.timestep: float | None = None
         self.forced_timestep: float | None = None
+        self.forced_ranking: bool | None = None
         self.sites: list[_Site] = []
         self.observers: list = []
+        self.calls_in_run = 0      # calls since the start of this sampling run (for ``refresh``)
+        self.ranking = True        # whether this call ranks afresh or reuses each block's last ranking
 
     def start_call(self, module, args, kwargs):
         t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        previous = self.timestep
         if self.forced_timestep is not None:
             self.timestep = self.forced_timestep
         elif isinstance(t, torch.Tensor):
             self.timestep = None if t.device.type == "meta" or t.numel() == 0 else float(t.flatten()[0])
         else:
             self.timestep = None if t is None else float(t)
+        new_run = previous is None or self.timestep is None or self.timestep >= previous
+        self.calls_in_run = 0 if new_run else self.calls_in_run + 1
+        if self.forced_ranking is not None:
+            self.ranking = self.forced_ranking
+        else:
+            self.ranking = self.calls_in_run % self.config.refresh == 0
         for site in self.sites:
             site.reset()
 
@@ -73,6 +85,9 @@ class _Site:
         self.strided: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}  # grid -> (rows, cells)
         self.cells: torch.Tensor | None = None
         self.pending_ratio = 0.0
+        self.batch = 0
+        self.last: tuple | None = None  # (ratio, batch, grid, kept, pruned, source) of the last ranking
+        self.reusing = False
         self.reset()
 
     def reset(self) -> None:
@@ -84,6 +99,7 @@ class _Site:
     def record_grid(self, module, args, kwargs):
         x = args[0] if args else kwargs["hidden_states"]
         self.grid = (int(x.shape[-2]), int(x.shape[-1]))
+        self.batch = int(x.shape[0])
 
     def ratio(self) -> float:
         return ratio_for(self.info, self.runtime.config, self.runtime.timestep, self.runtime.num_train_timesteps)
@@ -92,7 +108,10 @@ class _Site:
         """Called before the scoring layer: ask for the maps this call needs; returns the ratio."""
         self.reset()
         ratio = self.ratio()
-        if ratio > 0:
+        last = self.last
+        self.reusing = (ratio > 0 and not self.runtime.ranking and last is not None
+                        and last[:3] == (ratio, self.batch, self.grid))
+        if ratio > 0 and not self.reusing:
             self.self_map.wanted = True
             self.cross_map.wanted = self.scores_cross
             config = self.runtime.config
@@ -104,6 +123,9 @@ class _Site:
 
     def prune(self, x: torch.Tensor, ratio: float) -> torch.Tensor:
         """Choose the kept tokens of ``x`` (B, N, C); remember what recovery needs; return the kept ones."""
+        if self.reusing:
+            kept, pruned, source = self.last[3:]
+            return self._keep(x, kept, pruned, source)
         config = self.runtime.config
         rows, cells = self.self_map.rows, self.cells
         attention = self.self_map.take()
@@ -124,10 +146,15 @@ class _Site:
             source = recovery.most_similar_kept(attention, kept, pruned)
         else:
             source = dit_scoring.copy_sources(attention, rows.to(x.device), cells.to(x.device), kept, pruned)
+        if config.refresh > 1:
+            self.last = (ratio, self.batch, self.grid, kept, pruned, source)
+        return self._keep(x, kept, pruned, source)
+
+    def _keep(self, x: torch.Tensor, kept, pruned, source) -> torch.Tensor:
         self.pending = (x, kept, pruned, source)
         if self.runtime.observers:
-            event = KeptTokens(site=self.info.name, timestep=self.runtime.timestep, tokens=n, grid=self.grid,
-                               kept=kept.detach().cpu())
+            event = KeptTokens(site=self.info.name, timestep=self.runtime.timestep, tokens=x.shape[1],
+                               grid=self.grid, kept=kept.detach().cpu())
             for observer in self.runtime.observers:
                 observer(event)
         return recovery.gather_tokens(x, kept)
@@ -177,7 +204,7 @@ def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
 
 
 #: options that only mean something on a U-Net / on a diffusion transformer, with their defaults
-_UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None}
+_UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None, "refresh": 1}
 _DIT_ONLY = {"blocks": None}
 
 
@@ -306,15 +333,22 @@ def applied_config(target) -> TokenPruningConfig | None:
 
 
 @contextmanager
-def at_timestep(target, timestep: float | None):
+def at_timestep(target, timestep: float | None, ranking: bool | None = None):
     """Run the patched U-Net as if called at ``timestep`` (for FLOPs counts on the ``meta`` device, where the
-    timestep tensor has no value)."""
+    timestep tensor has no value); ``ranking`` ``False``: as a call that reuses the last ranking (``refresh``)."""
     patch = active_patch(target)
     if patch is None:
         yield
         return
-    previous, patch.runtime.forced_timestep = patch.runtime.forced_timestep, timestep
+    runtime = patch.runtime  # a diffusion transformer's runtime has no rankings to reuse
+    unet = isinstance(runtime, _Runtime)
+    saved = runtime.forced_timestep, runtime.forced_ranking if unet else None
+    runtime.forced_timestep = timestep
+    if unet:
+        runtime.forced_ranking = ranking
     try:
         yield
     finally:
-        patch.runtime.forced_timestep = previous
+        runtime.forced_timestep = saved[0]
+        if unet:
+            runtime.forced_ranking = saved[1]

@@ -20,11 +20,16 @@ def kept_positions(kept: torch.Tensor, tokens: int) -> torch.Tensor:
     return position.scatter_(1, kept, torch.arange(count, device=kept.device).expand(batch, -1))
 
 
-def most_attended_kept(attention: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-    """For each row of ``attention`` (B, M, N), the position in the kept set (``position``, from
-    :func:`kept_positions`) of the kept key it attends to most; ties to the lower token index. (B, M) out."""
-    masked = attention.masked_fill((position < 0).unsqueeze(1), -1.0)  # probabilities are >= 0
-    return position.gather(1, masked.argmax(-1))
+def most_attended_kept(attention: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """For each row of ``attention`` (B, M, N), the position in ``kept`` (B, K, token indices in spatial order)
+    of the kept key it attends to most; ties to the lower token index. (B, M) out.
+
+    Reads the kept columns only: a gather of K of the N columns, then a max over K, costs a third of masking the
+    pruned columns and taking the argmax over all N (the same result: positions in ``kept`` follow token order,
+    and ``max`` returns the first maximal index)."""
+    batch, rows, _ = attention.shape
+    columns = attention.gather(2, kept.unsqueeze(1).expand(batch, rows, kept.shape[1]))
+    return columns.max(-1).indices
 
 
 def most_similar_kept(attention: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
@@ -32,7 +37,7 @@ def most_similar_kept(attention: torch.Tensor, kept: torch.Tensor, pruned: torch
 
     ``attention`` is (B, N, N) with rows = queries; only the pruned tokens' rows are read. (B, P) out.
     """
-    return most_attended_kept(take(attention, pruned), kept_positions(kept, attention.shape[-1]))
+    return most_attended_kept(take(attention, pruned), kept)
 
 
 def refill(at_prune: torch.Tensor, kept_out: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor,
