@@ -184,3 +184,20 @@ def test_row_copies_equal_the_element_wise_gather_scatter_and_mean():
     assert matching.into.unique().numel() < matching.into.numel()  # duplicates do occur
     assert torch.equal(matching.merge(x), reference)
     assert rows.into_counts(torch.tensor([[0, 0, 2]]), 4).tolist() == [3.0, 1.0, 2.0, 1.0]
+
+
+def test_selection_copies_what_gather_and_refill_copy():
+    from diffprune.tokens.recovery import Selection, gather_tokens
+
+    g = torch.Generator().manual_seed(5)
+    batch, tokens, keep, channels = 3, 30, 11, 6
+    kept = torch.stack([torch.randperm(tokens, generator=g)[:keep].sort().values for _ in range(batch)])
+    pruned = torch.stack([torch.tensor([t for t in range(tokens) if t not in row]) for row in kept.tolist()])
+    source = torch.randint(0, keep, (batch, tokens - keep), generator=g)
+    at_prune = torch.randn(batch, tokens, channels, generator=g)
+    kept_out = torch.randn(batch, keep, channels, generator=g)
+    selection = Selection.of(kept, pruned, source)
+    assert torch.equal(selection.gather(at_prune), gather_tokens(at_prune, kept))
+    for copy in ("state", "delta"):
+        assert torch.equal(selection.refill(at_prune, kept_out, copy),
+                           refill(at_prune, kept_out, kept, pruned, source, copy))

@@ -86,7 +86,7 @@ class _Site:
         self.cells: torch.Tensor | None = None
         self.pending_ratio = 0.0
         self.batch = 0
-        self.last: tuple | None = None  # (ratio, batch, grid, kept, pruned, source) of the last ranking
+        self.last: tuple | None = None  # (ratio, batch, grid, Selection) of the last ranking
         self.reusing = False
         self.reset()
 
@@ -124,8 +124,7 @@ class _Site:
     def prune(self, x: torch.Tensor, ratio: float) -> torch.Tensor:
         """Choose the kept tokens of ``x`` (B, N, C); remember what recovery needs; return the kept ones."""
         if self.reusing:
-            kept, pruned, source = self.last[3:]
-            return self._keep(x, kept, pruned, source)
+            return self._keep(x, self.last[3])
         config = self.runtime.config
         rows, cells = self.self_map.rows, self.cells
         attention = self.self_map.take()
@@ -146,18 +145,19 @@ class _Site:
             source = recovery.most_similar_kept(attention, kept, pruned)
         else:
             source = dit_scoring.copy_sources(attention, rows.to(x.device), cells.to(x.device), kept, pruned)
+        selection = recovery.Selection.of(kept, pruned, source)
         if config.refresh > 1:
-            self.last = (ratio, self.batch, self.grid, kept, pruned, source)
-        return self._keep(x, kept, pruned, source)
+            self.last = (ratio, self.batch, self.grid, selection)
+        return self._keep(x, selection)
 
-    def _keep(self, x: torch.Tensor, kept, pruned, source) -> torch.Tensor:
-        self.pending = (x, kept, pruned, source)
+    def _keep(self, x: torch.Tensor, selection: recovery.Selection) -> torch.Tensor:
+        self.pending = (x, selection)
         if self.runtime.observers:
             event = KeptTokens(site=self.info.name, timestep=self.runtime.timestep, tokens=x.shape[1],
-                               grid=self.grid, kept=kept.detach().cpu())
+                               grid=self.grid, kept=selection.kept.detach().cpu())
             for observer in self.runtime.observers:
                 observer(event)
-        return recovery.gather_tokens(x, kept)
+        return selection.gather(x)
 
     # block placement: hooks around the first layer
     def before_first(self, module, args, kwargs):
@@ -172,9 +172,9 @@ class _Site:
     def after_last(self, module, args, output):
         if self.pending is None:
             return output
-        at_prune, kept, pruned, source = self.pending
+        at_prune, selection = self.pending
         self.pending = None
-        return recovery.refill(at_prune, output, kept, pruned, source, self.runtime.config.copy_for(False))
+        return selection.refill(at_prune, output, self.runtime.config.copy_for(False))
 
     def tome_matching(self, layer_index: int, x: torch.Tensor):
         ratio = self.ratio()

@@ -3,9 +3,11 @@ similar kept token, the similarity read from the pruning layer's attention map."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from .rows import put, take
+from .rows import flat_index, put, take
 
 
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -57,3 +59,44 @@ def refill(at_prune: torch.Tensor, kept_out: torch.Tensor, kept: torch.Tensor, p
         source_before = gather_tokens(gather_tokens(at_prune, kept), source)
         copied = gather_tokens(at_prune, pruned) + (copied - source_before)
     return put(out, pruned, copied)
+
+
+def fill_index(kept: torch.Tensor, pruned: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    """(B, N): for every token, the position in ``kept`` of the row it takes at recovery with ``copy="state"``
+    (its own if kept, its source's if pruned)."""
+    batch, count = kept.shape
+    fill = torch.empty(batch, count + pruned.shape[1], dtype=torch.long, device=kept.device)
+    fill.scatter_(1, kept, torch.arange(count, device=kept.device).expand(batch, -1))
+    return fill.scatter_(1, pruned, source)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One block's choice (kept, pruned, copy sources), with the row indices of its two copies computed once:
+    choosing the kept tokens and, for ``copy="state"``, refilling the grid are then one ``index_select`` each,
+    however many calls reuse the choice."""
+
+    kept: torch.Tensor
+    pruned: torch.Tensor
+    source: torch.Tensor
+    kept_rows: torch.Tensor   # (B·K,) rows of the kept tokens in the (B·N, C) table
+    fill_rows: torch.Tensor   # (B·N,) rows of the (B·K, C) kept outputs that refill the grid
+
+    @classmethod
+    def of(cls, kept: torch.Tensor, pruned: torch.Tensor, source: torch.Tensor) -> "Selection":
+        tokens = kept.shape[1] + pruned.shape[1]
+        return cls(kept, pruned, source, flat_index(kept, tokens),
+                   flat_index(fill_index(kept, pruned, source), kept.shape[1]))
+
+    def gather(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept tokens of ``x`` (B, N, C): (B, K, C); the same as :func:`gather_tokens`."""
+        batch, tokens, channels = x.shape
+        return x.reshape(batch * tokens, channels).index_select(0, self.kept_rows).view(batch, -1, channels)
+
+    def refill(self, at_prune: torch.Tensor, kept_out: torch.Tensor, copy: str = "state") -> torch.Tensor:
+        """:func:`refill` of this choice; ``state`` copies in one row gather (the same values)."""
+        if copy != "state":
+            return refill(at_prune, kept_out, self.kept, self.pruned, self.source, copy)
+        batch, count, channels = kept_out.shape
+        return kept_out.reshape(batch * count, channels).index_select(0, self.fill_rows).view(
+            batch, at_prune.shape[1], channels).to(at_prune.dtype)
