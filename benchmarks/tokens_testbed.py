@@ -1,7 +1,8 @@
 """AT-EDM against ToMe and random token pruning at equal FLOPs on the shapes testbed: the shapes suite and the
 fidelity suite (against the unpruned testbed, same prompts and seeds), at two FLOPs budgets.
 
-    python benchmarks/tokens_testbed.py [--ratios 0.4 0.63] [--prompts N] [--steps 20]
+    python benchmarks/tokens_testbed.py [--ratios 0.4 0.63] [--prompts N] [--steps 20] [--methods atedm random tome]
+        [--extra scorer=strided refresh=2]
 
 For each AT-EDM ratio, the budget is AT-EDM's mean U-Net FLOPs per call over the schedule (DSAP as
 configured). Random pruning shares AT-EDM's placement and recovery, so it costs the same; ToMe's ratio is
@@ -28,6 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.4, 0.63])
     parser.add_argument("--extra", nargs="*", default=[], help="options added to every spec, e.g. dsap=off")
     parser.add_argument("--prompts", type=int, default=None)
+    parser.add_argument("--methods", nargs="+", default=["atedm", "random", "tome"],
+                        choices=["atedm", "random", "tome"], help="which rows to run (AT-EDM sets the budget)")
     parser.add_argument("--tome-merge", default="all", choices=["self", "self+cross", "all"],
                         help="what ToMe runs on merged tokens (default all: it can then reach AT-EDM's FLOPs)")
     parser.add_argument("--steps", type=int, default=20)
@@ -38,6 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     suite = ShapesSuiteConfig(prompts=args.prompts, steps=args.steps, guidance_scale=args.guidance_scale,
                               progress=False)
     extra = "".join("," + e for e in args.extra)
+    # ToMe matches anew in every layer: options of the attention ranking (scorer, refresh) do not apply to it
+    tome_extra = "".join("," + e for e in args.extra if e.split("=")[0] not in ("scorer", "query_stride", "refresh"))
 
     def run(label: str, config):
         if config is not None:
@@ -53,16 +58,27 @@ def main(argv: list[str] | None = None) -> None:
     rows = [(base_label, base_flops, base.metrics, fidelity_metrics(base.images, base.images, evaluator.features))]
     for ratio in args.ratios:
         atedm = tokens.parse_spec(f"atedm:ratio={ratio}{extra}")
-        label, budget, result = run(atedm.spec(), atedm)
-        rows.append((label, budget, result.metrics, fidelity_metrics(result.images, base.images, evaluator.features)))
-        random = tokens.parse_spec(f"random:ratio={ratio}{extra}")
-        label, flops, result = run(random.spec(), random)
-        rows.append((label, flops, result.metrics, fidelity_metrics(result.images, base.images, evaluator.features)))
-        tome = tokens.parse_spec(f"tome:ratio=0.5,merge={args.tome_merge}{extra}")
-        tome_ratio, _ = tokens.ratio_for_flops(pipe, tome, budget, args.steps, resolution=resolution)
-        tome = tokens.with_ratio(tome, round(tome_ratio, 4))
-        label, flops, result = run(tome.spec(), tome)
-        rows.append((label, flops, result.metrics, fidelity_metrics(result.images, base.images, evaluator.features)))
+        budget = None
+        if "atedm" in args.methods:
+            label, budget, result = run(atedm.spec(), atedm)
+            rows.append((label, budget, result.metrics,
+                         fidelity_metrics(result.images, base.images, evaluator.features)))
+        if "random" in args.methods:
+            random = tokens.parse_spec(f"random:ratio={ratio}{extra}")
+            label, flops, result = run(random.spec(), random)
+            rows.append((label, flops, result.metrics,
+                         fidelity_metrics(result.images, base.images, evaluator.features)))
+        if "tome" in args.methods:
+            if budget is None:
+                tokens.apply(pipe, atedm)
+                budget = tokens.schedule_flops(pipe, args.steps, resolution=resolution).mean_tflops
+                tokens.remove(pipe)
+            tome = tokens.parse_spec(f"tome:ratio=0.5,merge={args.tome_merge}{tome_extra}")
+            tome_ratio, _ = tokens.ratio_for_flops(pipe, tome, budget, args.steps, resolution=resolution)
+            tome = tokens.with_ratio(tome, round(tome_ratio, 4))
+            label, flops, result = run(tome.spec(), tome)
+            rows.append((label, flops, result.metrics,
+                         fidelity_metrics(result.images, base.images, evaluator.features)))
 
     n = rows[0][2]["n_images"]
     print(f"shapes testbed, {n} held-out prompts, {args.steps} steps, guidance {args.guidance_scale}, seed 0; "
