@@ -31,10 +31,12 @@ from diffprune.bench.peers import PEERS, apply_variant, available, is_peer, pars
 from diffprune.evaluate import ShapesSuiteConfig, generate, reading_agreement, shapes_metrics, shapes_prompts
 from diffprune.measure import describe_hardware, flop_counter, paired_speedup
 
-VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "atedm:ratio=0.63,copy=delta", "random:ratio=0.63",
+VARIANTS = ["atedm:ratio=0.63", "atedm:ratio=0.63,scorer=strided", "atedm:ratio=0.63,scorer=strided,refresh=2",
+            "atedm:ratio=0.63,copy=delta", "random:ratio=0.63",
             "tome:ratio=0.5,levels=1",
             "tomesd:ratio=0.5,max_downsample=1", "tome:ratio=0.5,levels=1+2", "tomesd:ratio=0.5,max_downsample=2",
             "deepcache:interval=3", "atedm:ratio=0.63+deepcache:interval=3",
+            "atedm:ratio=0.63,scorer=strided,refresh=2+deepcache:interval=3",
             "tome:ratio=0.5,levels=1+deepcache:interval=3"]
 
 
