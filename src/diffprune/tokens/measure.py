@@ -66,7 +66,7 @@ def schedule_flops(target, steps: int, *, resolution: int, batch: int = 1, vae_s
             if not ranking:  # a ranking call at the same plan first, so each block has a ranking to reuse
                 with at_timestep(unet, t, ranking=True):
                     count_flops(unet, **inputs)
-            with at_timestep(unet, t, ranking=None if refresh == 1 else ranking):
+            with at_timestep(unet, t, ranking=ranking):
                 cache[key] = count_flops(unet, **inputs)
         per_step.append(cache[key])
     return ScheduleFlops(timesteps=timesteps, per_step=per_step)
