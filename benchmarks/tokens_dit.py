@@ -3,7 +3,8 @@ quality on the shapes-dit testbed at equal FLOPs.
 
     python benchmarks/tokens_dit.py flops [--archs pixart-sigma flux-dev] [--resolution 1024] [--steps 20]
     python benchmarks/tokens_dit.py speed [--arch pixart-sigma] [--resolution 512] [--repeats 3]
-    python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100]
+    python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100] [--cache-threshold 0.2]
+    python benchmarks/tokens_dit.py cache [--thresholds 0.05 0.1 0.2 0.3] [--prompts 100]
 
 ``flops`` counts on the meta device (exact shapes, no weights): the mean TFLOPs per transformer call over the
 schedule, scorer included, for G-WPR (full and strided scorer), random and ToMe, each against the unpruned model.
@@ -11,7 +12,8 @@ schedule, scorer included, for G-WPR (full and strided scorer), random and ToMe,
 t = 500 per variant, interleaved (the order rotates every round), the patch installed outside the timed call;
 the FLOPs-ideal speed-up is the FLOPs ratio of the same call. ``quality`` runs the shapes suite on the
 ``shapes-dit`` testbed: G-WPR at ``--ratio``, then random and ToMe at the ratio that matches its mean FLOPs,
-each also stacked with diffusers' first-block cache when the transformer supports ``enable_cache``.
+each also stacked with diffusers' first-block cache. ``cache`` sweeps the first-block cache's threshold on
+``shapes-dit``: the share of transformer calls whose later blocks it skipped, and the suite's quality.
 """
 
 from __future__ import annotations
@@ -174,6 +176,49 @@ def quality(args) -> None:
             row(config.spec() + " + first-block cache", run_shapes_suite(cached, suite, evaluator))
 
 
+def _count_skips(model) -> tuple[dict, list]:
+    """Hooks counting the transformer's calls and its last block's calls (a cached call skips the last block)."""
+    from diffprune.anatomy import dit_blocks
+
+    counts = {"calls": 0, "computed": 0}
+    last = list(dit_blocks(model))[-1][1]
+    handles = [model.register_forward_pre_hook(lambda *_: counts.__setitem__("calls", counts["calls"] + 1)),
+               last.register_forward_pre_hook(lambda *_: counts.__setitem__("computed", counts["computed"] + 1))]
+    return counts, handles
+
+
+def cache(args) -> None:
+    from diffprune.errors import DiffpruneError
+    from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
+    from diffprune.testbed.evaluator import load_evaluator
+
+    try:
+        pipe = diffprune.load("shapes-dit")
+    except DiffpruneError as error:
+        print(f"cache: not measured: {error}")
+        return
+    pipe.set_progress_bar_config(disable=True)
+    evaluator = load_evaluator()
+    suite = ShapesSuiteConfig(prompts=args.prompts, progress=False)
+    dense = run_shapes_suite(pipe, suite, evaluator)
+    readings = evaluator.read(dense.images)
+    keys = ("accuracy_all", "accuracy_color", "accuracy_count", "fd")
+    print(f"\nshapes-dit, {args.prompts} held-out prompts, {suite.steps} steps; diffusers' first-block cache")
+    print(f"{'threshold':<12}{'skipped calls':>15}" + "".join(f"{k.replace('accuracy_', ''):>10}" for k in keys)
+          + f"{'agree':>8}")
+    print(f"{'(none)':<12}{0.0:>15.3f}" + "".join(f"{dense.metrics[k]:>10.3f}" for k in keys) + f"{1.0:>8.3f}")
+    for threshold in args.thresholds:
+        with first_block_cache(pipe, threshold) as cached:
+            counts, handles = _count_skips(cached.transformer)
+            result = run_shapes_suite(cached, suite, evaluator)
+            for handle in handles:
+                handle.remove()
+        skipped = 1 - counts["computed"] / max(counts["calls"], 1)
+        agree = reading_agreement(evaluator.read(result.images), readings)["agreement_all"]
+        print(f"{threshold:<12g}{skipped:>15.3f}" + "".join(f"{result.metrics[k]:>10.3f}" for k in keys)
+              + f"{agree:>8.3f}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -192,8 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--ratio", type=float, default=0.5)
     q.add_argument("--prompts", type=int, default=100)
     q.add_argument("--cache-threshold", type=float, default=0.05)
+    c = sub.add_parser("cache")
+    c.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
+    c.add_argument("--prompts", type=int, default=100)
     args = parser.parse_args(argv)
-    {"flops": flops, "speed": speed, "quality": quality}[args.mode](args)
+    {"flops": flops, "speed": speed, "quality": quality, "cache": cache}[args.mode](args)
 
 
 if __name__ == "__main__":

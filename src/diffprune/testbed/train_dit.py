@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .assets import evaluator_weights, testbed_folder
+from .assets import WEIGHTS_DIR, evaluator_weights, testbed_folder
 from .checkpoint import Batches, Checkpointer
 from .data import render_images, sample_scenes
 from .dit import PIPELINE_TEXT_LENGTH, DitArch, build_dit_models, dit_forward
@@ -105,7 +105,8 @@ def train_dit(out_dir: str | Path, cfg: DitTrainConfig | None = None, *, resume:
                                     device=device, stop_after=stop_after)
     base = testbed_folder()  # the U-Net testbed: its VAE (and evaluator) are shared
     vae = AutoencoderKL.from_pretrained(base / "vae", torch_dtype=torch.float32).eval()
-    log["base_testbed"] = str(base)
+    # where the shared VAE came from: the bundled testbed, or the folder $DIFFPRUNE_TESTBED points at
+    log["base_testbed"] = "bundled" if base == WEIGHTS_DIR / "pipeline" else str(base)
     ckpt.begin("latents")
     items = sample_scenes(cfg.images, cfg.seed + 6, "train", cfg.two_object_prob)
     captions = [scene.caption for scene, _ in items]
