@@ -177,13 +177,14 @@ def quality(args) -> None:
 
 
 def _count_skips(model) -> tuple[dict, list]:
-    """Hooks counting the transformer's calls and its last block's calls (a cached call skips the last block)."""
+    """Hooks counting the transformer's calls and the calls that computed its last block. The cache replaces the
+    cached blocks' forward (their own hooks still run), so what is counted is a module inside the last block."""
     from diffprune.anatomy import dit_blocks
 
     counts = {"calls": 0, "computed": 0}
-    last = list(dit_blocks(model))[-1][1]
+    inner = next(iter(list(dit_blocks(model))[-1][1].children()))
     handles = [model.register_forward_pre_hook(lambda *_: counts.__setitem__("calls", counts["calls"] + 1)),
-               last.register_forward_pre_hook(lambda *_: counts.__setitem__("computed", counts["computed"] + 1))]
+               inner.register_forward_pre_hook(lambda *_: counts.__setitem__("computed", counts["computed"] + 1))]
     return counts, handles
 
 
