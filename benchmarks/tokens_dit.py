@@ -128,22 +128,33 @@ def first_block_cache(pipe, threshold: float, spec: str | None = None):
     yield cached
 
 
-def quality(args) -> None:
+def _testbed_run(mode: str, prompts: int):
+    """The shapes-dit pipeline, the evaluator, the suite and the unpruned run with its readings; ``None`` (and a
+    line saying why) when the testbed is not installed."""
     from diffprune.errors import DiffpruneError
-    from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
+    from diffprune.evaluate import ShapesSuiteConfig, run_shapes_suite
     from diffprune.testbed.evaluator import load_evaluator
 
     try:
         pipe = diffprune.load("shapes-dit")
     except DiffpruneError as error:
-        print(f"quality: not measured: {error}")
-        return
+        print(f"{mode}: not measured: {error}")
+        return None
     pipe.set_progress_bar_config(disable=True)
     evaluator = load_evaluator()
-    suite = ShapesSuiteConfig(prompts=args.prompts, progress=False)
-    steps = suite.steps
+    suite = ShapesSuiteConfig(prompts=prompts, progress=False)
     dense = run_shapes_suite(pipe, suite, evaluator)
-    readings = evaluator.read(dense.images)
+    return pipe, evaluator, suite, dense, evaluator.read(dense.images)
+
+
+def quality(args) -> None:
+    from diffprune.evaluate import reading_agreement, run_shapes_suite
+
+    setup = _testbed_run("quality", args.prompts)
+    if setup is None:
+        return
+    pipe, evaluator, suite, dense, readings = setup
+    steps = suite.steps
     resolution = pipe.vae_scale_factor * pipe.transformer.config.sample_size
     base = tokens.schedule_flops(pipe, steps, resolution=resolution)
     gwpr = tokens.parse_spec(f"atedm:ratio={args.ratio}")
@@ -189,20 +200,12 @@ def _count_skips(model) -> tuple[dict, list]:
 
 
 def cache(args) -> None:
-    from diffprune.errors import DiffpruneError
-    from diffprune.evaluate import ShapesSuiteConfig, reading_agreement, run_shapes_suite
-    from diffprune.testbed.evaluator import load_evaluator
+    from diffprune.evaluate import reading_agreement, run_shapes_suite
 
-    try:
-        pipe = diffprune.load("shapes-dit")
-    except DiffpruneError as error:
-        print(f"cache: not measured: {error}")
+    setup = _testbed_run("cache", args.prompts)
+    if setup is None:
         return
-    pipe.set_progress_bar_config(disable=True)
-    evaluator = load_evaluator()
-    suite = ShapesSuiteConfig(prompts=args.prompts, progress=False)
-    dense = run_shapes_suite(pipe, suite, evaluator)
-    readings = evaluator.read(dense.images)
+    pipe, evaluator, suite, dense, readings = setup
     keys = ("accuracy_all", "accuracy_color", "accuracy_count", "fd")
     print(f"\nshapes-dit, {args.prompts} held-out prompts, {suite.steps} steps; diffusers' first-block cache")
     print(f"{'threshold':<12}{'skipped calls':>15}" + "".join(f"{k.replace('accuracy_', ''):>10}" for k in keys)
