@@ -18,7 +18,7 @@ from diffprune.tokens.dit_patch import PerSampleRotary
 DEPTHS = {"tiny-pixart": {"num_layers": 5}, "tiny-sd3": {"num_layers": 5}, "tiny-sana": {"num_layers": 5},
           "tiny-flux": {"num_layers": 2, "num_single_layers": 3}}
 SPECS = ["atedm:ratio=0.5", "atedm:ratio=0.5,scorer=strided", "random:ratio=0.5", "tome:ratio=0.5",
-         "atedm:ratio=0.5,copy=state"]
+         "atedm:ratio=0.5,copy=state", "atedm:ratio=0.5,source=nearest", "random:ratio=0.5,source=similarity"]
 
 
 def _model(name: str, seed: int = 1):
@@ -173,6 +173,37 @@ def test_scorers_match_the_explicit_map(linear):
             assert sources[b, p] == best
 
 
+def test_copy_sources_by_state_similarity_and_by_grid_distance():
+    # a 3 x 3 grid; kept tokens 0, 4, 8 (the diagonal)
+    kept, pruned = torch.tensor([[0, 4, 8]]), torch.tensor([[1, 2, 3, 5, 6, 7]])
+    # squared distances to (0,0), (1,1), (2,2): 1 -> 1, 1, 5 (tie: the lower index); 2 -> 4, 2, 4; 3 -> 1, 1, 5;
+    # 5 -> 5, 1, 1; 6 -> 4, 2, 4; 7 -> 5, 1, 1
+    assert scoring.nearest_sources(3, 3, kept, pruned).tolist() == [[0, 1, 0, 1, 1, 1]]
+    # similarity: cosine, so the scale of a state does not matter
+    states = torch.zeros(1, 9, 2)
+    states[0, [0, 4, 8]] = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    states[0, [1, 2, 3, 5, 6, 7]] = torch.tensor([[5.0, 1.0], [0.1, 0.3], [-2.0, 1.9], [-2.0, -0.5], [0.0, -1.0],
+                                                  [1.0, 1.0]])
+    assert scoring.similar_sources(states, kept, pruned).tolist() == [[0, 1, 2, 2, 0, 0]]
+    # ([0,-1] is as far from [1,0] as from [-1,0]: the lower index; [1,1] ties 0 and 4: token 0)
+
+
+def test_copy_source_options_cost_what_they_compute():
+    """``source=nearest`` with random ranking builds no attention map; ``similarity`` adds one (P x K x C)
+    product of the ranking block's outputs."""
+    model = _model("tiny-pixart")
+    batch, text, n, c = 2, 6, 64, model.inner_dim
+    x = denoiser_inputs(model, resolution=64, vae_scale_factor=4, text_length=text, batch=batch)
+    base = count_flops(model, **x).total
+    saved = 2 * (_block_flops(n, c, text, batch) - _block_flops(n // 2, c, text, batch))
+    tokens.apply(model, tokens.TokenPruningConfig(method="random", ratio=0.5, blocks=((1, 3),), source="nearest"))
+    assert count_flops(model, **x).total == base - saved
+    tokens.apply(model, tokens.TokenPruningConfig(method="random", ratio=0.5, blocks=((1, 3),), source="similarity"))
+    assert count_flops(model, **x).total == base - saved + 2 * batch * (n // 2) * (n // 2) * c
+    tokens.apply(model, tokens.TokenPruningConfig(method="random", ratio=0.5, blocks=((1, 3),)))
+    assert count_flops(model, **x).total == base - saved + 2 * batch * n * n * c  # the map, for the copy source
+
+
 def _block_flops(n, c, text, batch):
     """FLOPs (2 x MAC) of one PixArt block on n image tokens of width c with ``text`` caption tokens, by hand."""
     attn1 = 4 * n * c * c + 2 * n * n * c
@@ -223,6 +254,12 @@ def test_a_pipeline_generates_with_dit_token_pruning_and_records_it():
 def test_options_of_the_other_denoiser_kind_are_refused():
     with pytest.raises(DiffpruneError, match="diffusion transformers only"):
         tokens.apply(archs.build_denoiser("tiny-sd"), tokens.parse_spec("atedm:blocks=1-2"))
+    with pytest.raises(DiffpruneError, match="diffusion transformers only"):
+        tokens.apply(archs.build_denoiser("tiny-sd"), tokens.parse_spec("atedm:source=nearest"))
+    with pytest.raises(DiffpruneError, match="unmerges"):
+        tokens.parse_spec("tome:source=similarity")
+    with pytest.raises(DiffpruneError, match="source must be one of"):
+        tokens.parse_spec("atedm:source=closest")
     model = _model("tiny-pixart")
     with pytest.raises(DiffpruneError, match="U-Nets only"):
         tokens.apply(model, tokens.parse_spec("atedm:levels=2"))

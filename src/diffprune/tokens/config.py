@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields, replace
 from diffprune.errors import DiffpruneError
 
 METHODS = ("atedm", "tome", "random")
+SOURCES = ("attention", "similarity", "nearest")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class TokenPruningConfig:
       which leaves the first and the last block to diffusers' first-block and MagCache hooks. ToMe merges in
       every block of a segment, the first one included. DSAP's early phase spares each segment's first pruned and
       last block.
+    - ``source``: which kept token a pruned one copies at recovery. ``attention`` (AT-EDM): the kept token it
+      (or, with the strided scorer, its cell's query) attends to most in the ranking block; ``similarity``: the
+      kept token whose state after the ranking block is closest in cosine similarity; ``nearest``: the closest
+      kept token on the image grid (ties to the lower token index).
     - ``scorer`` (U-Nets too): ``full`` builds the image-image attention map of the ranking block (softmax over
       the image keys, heads averaged); ``strided`` reads only the rows of one query per ``query_stride`` x
       ``query_stride`` cell (``query_stride``² times cheaper) and lets every pruned token copy the kept
@@ -79,6 +84,7 @@ class TokenPruningConfig:
     scorer: str = "full"
     query_stride: int = 2
     refresh: int = 1
+    source: str = "attention"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -111,12 +117,16 @@ class TokenPruningConfig:
             raise DiffpruneError(f"blocks must be ranges first-last with first < last, got {self.blocks}")
         if self.scorer not in ("full", "strided"):
             raise DiffpruneError(f"scorer must be 'full' or 'strided', got '{self.scorer}'")
+        if self.source not in SOURCES:
+            raise DiffpruneError(f"source must be one of {', '.join(SOURCES)}, got '{self.source}'")
         if self.query_stride < 1:
             raise DiffpruneError(f"query_stride must be at least 1, got {self.query_stride}")
         if self.refresh < 1:
             raise DiffpruneError(f"refresh must be at least 1, got {self.refresh}")
         if self.refresh > 1 and self.method == "tome":
             raise DiffpruneError("refresh reuses a ranking between calls; tome matches tokens anew in every layer")
+        if self.source != "attention" and self.method == "tome":
+            raise DiffpruneError("source chooses what a pruned token copies; tome unmerges its merged tokens instead")
         if self.merge not in ("self", "self+cross", "all"):
             raise DiffpruneError(f"merge must be self, self+cross or all, got '{self.merge}'")
 

@@ -13,6 +13,7 @@ import torch
 
 from .gwpr import kept_count, split_tokens
 from .recovery import kept_positions, most_attended_kept, most_similar_kept
+from .rows import take
 
 #: scores (batch x heads x rows x keys) held at once while building attention rows
 _CHUNK = 1 << 22
@@ -121,6 +122,25 @@ def copy_sources(attention: torch.Tensor, rows: torch.Tensor | None, cells: torc
     own = kept_positions(kept, attention.shape[-1])[:, rows]  # (B, M): a query token that is kept copies itself
     best = torch.where(own >= 0, own, most_attended_kept(attention, kept))
     return best.gather(1, cells[pruned])
+
+
+def similar_sources(states: torch.Tensor, kept: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """For every pruned token, the position in ``kept`` of the kept token whose state (``states``: B, N, C) is
+    closest in cosine similarity; ties to the lower token index. (B, P) out."""
+    unit = torch.nn.functional.normalize(states.float(), dim=-1)
+    similarity = torch.bmm(take(unit, pruned), take(unit, kept).transpose(1, 2))  # (B, P, K)
+    return similarity.max(-1).indices
+
+
+def nearest_sources(height: int, width: int, kept: torch.Tensor, pruned: torch.Tensor) -> torch.Tensor:
+    """For every pruned token, the position in ``kept`` of the closest kept token on the height x width grid
+    (squared Euclidean distance; ties to the lower token index). (B, P) out."""
+    def yx(index):
+        return torch.div(index, width, rounding_mode="floor"), index % width
+
+    (py, px), (ky, kx) = yx(pruned), yx(kept)
+    distance = (py.unsqueeze(-1) - ky.unsqueeze(1)) ** 2 + (px.unsqueeze(-1) - kx.unsqueeze(1)) ** 2
+    return distance.min(-1).indices
 
 
 def rank_tokens(query: torch.Tensor, key: torch.Tensor, ratio: float, *, grid: tuple[int, int] | None = None,

@@ -205,7 +205,7 @@ def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
 
 #: options that only mean something on a U-Net / on a diffusion transformer, with their defaults
 _UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None, "refresh": 1}
-_DIT_ONLY = {"blocks": None}
+_DIT_ONLY = {"blocks": None, "source": "attention"}
 
 
 def _check_fits(config: TokenPruningConfig, transformer: bool) -> None:
