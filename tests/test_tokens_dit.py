@@ -254,8 +254,6 @@ def test_a_pipeline_generates_with_dit_token_pruning_and_records_it():
 def test_options_of_the_other_denoiser_kind_are_refused():
     with pytest.raises(DiffpruneError, match="diffusion transformers only"):
         tokens.apply(archs.build_denoiser("tiny-sd"), tokens.parse_spec("atedm:blocks=1-2"))
-    with pytest.raises(DiffpruneError, match="diffusion transformers only"):
-        tokens.apply(archs.build_denoiser("tiny-sd"), tokens.parse_spec("atedm:source=nearest"))
     with pytest.raises(DiffpruneError, match="unmerges"):
         tokens.parse_spec("tome:source=similarity")
     with pytest.raises(DiffpruneError, match="source must be one of"):

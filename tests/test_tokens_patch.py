@@ -13,7 +13,8 @@ from diffprune.tokens.schedule import attention_sites
 SPECS = ["atedm:ratio=0.5", "random:ratio=0.5", "tome:ratio=0.5", "atedm:ratio=0.5,copy=delta",
          "atedm:ratio=0.5,score=cross", "atedm:ratio=0.5,placement=layer", "tome:ratio=0.5,merge=all",
          "atedm:ratio=0.5,scorer=strided", "random:ratio=0.5,scorer=strided,query_stride=3",
-         "atedm:ratio=0.5,refresh=2", "atedm:ratio=0.5,scorer=strided,refresh=3"]
+         "atedm:ratio=0.5,refresh=2", "atedm:ratio=0.5,scorer=strided,refresh=3", "atedm:ratio=0.5,source=nearest",
+         "random:ratio=0.5,source=similarity"]
 
 
 @pytest.fixture(scope="module", params=["tiny-sd", "tiny-sdxl"])
@@ -124,6 +125,29 @@ def test_random_pruning_depends_on_its_seed(pipe):
         outs.append(_unet_out(pipe.unet))
         tokens.remove(pipe)
     assert not torch.equal(*outs)
+
+
+def test_copy_source_changes_recovery_not_ranking_and_skips_the_map_when_unread(pipe, monkeypatch):
+    """``source`` picks what a pruned token copies: the kept sets stay those of the ranking, the output changes;
+    with random ranking and a source other than attention, no explicit attention map is built."""
+    from diffprune.tokens.attention import MapRequest
+
+    taken = []
+    original = MapRequest.take
+    monkeypatch.setattr(MapRequest, "take", lambda self: taken.append(1) or original(self))
+    kept, outs, maps = {}, {}, {}
+    for source in ("attention", "nearest", "similarity"):
+        tokens.apply(pipe, tokens.TokenPruningConfig(method="random", ratio=0.5, dsap=False, source=source))
+        seen, taken[:] = [], []
+        with tokens.observe_kept(pipe, seen.append):
+            outs[source] = _unet_out(pipe.unet)
+        tokens.remove(pipe)
+        kept[source], maps[source] = [e.kept for e in seen], len(taken)
+    assert maps["attention"] > 0 and maps["nearest"] == maps["similarity"] == 0
+    assert len(kept["attention"]) > 0
+    for other in ("nearest", "similarity"):
+        assert all(torch.equal(a, b) for a, b in zip(kept["attention"], kept[other]))
+        assert not torch.equal(outs[other], outs["attention"])
 
 
 def _layer_flops(c, n, ctx_len, ctx_dim, batch):

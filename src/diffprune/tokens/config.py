@@ -50,10 +50,11 @@ class TokenPruningConfig:
       which leaves the first and the last block to diffusers' first-block and MagCache hooks. ToMe merges in
       every block of a segment, the first one included. DSAP's early phase spares each segment's first pruned and
       last block.
-    - ``source``: which kept token a pruned one copies at recovery. ``attention`` (AT-EDM): the kept token it
-      (or, with the strided scorer, its cell's query) attends to most in the ranking block; ``similarity``: the
-      kept token whose state after the ranking block is closest in cosine similarity; ``nearest``: the closest
-      kept token on the image grid (ties to the lower token index).
+    - ``source`` (U-Nets too): which kept token a pruned one copies at recovery. ``attention`` (AT-EDM): the
+      kept token it (or, with the strided scorer, its cell's query) attends to most in the ranking layer;
+      ``similarity``: the kept token whose state at the pruning point is closest in cosine similarity;
+      ``nearest``: the closest kept token on the image grid (ties to the lower token index). With ``random``
+      ranking and another source than ``attention``, no attention map is built.
     - ``scorer`` (U-Nets too): ``full`` builds the image-image attention map of the ranking block (softmax over
       the image keys, heads averaged); ``strided`` reads only the rows of one query per ``query_stride`` x
       ``query_stride`` cell (``query_stride``² times cheaper) and lets every pruned token copy the kept

@@ -112,9 +112,11 @@ class _Site:
         self.reusing = (ratio > 0 and not self.runtime.ranking and last is not None
                         and last[:3] == (ratio, self.batch, self.grid))
         if ratio > 0 and not self.reusing:
-            self.self_map.wanted = True
-            self.cross_map.wanted = self.scores_cross
             config = self.runtime.config
+            # the map is built where the ranking (G-WPR on self-attention) or the copy source reads it
+            self.self_map.wanted = (config.source == "attention"
+                                    or (config.method == "atedm" and not self.scores_cross))
+            self.cross_map.wanted = self.scores_cross
             if config.scorer == "strided" and self.grid is not None:
                 if self.grid not in self.strided:  # built once per grid size, reused by every later call
                     self.strided[self.grid] = dit_scoring.strided_queries(*self.grid, config.query_stride)
@@ -127,7 +129,7 @@ class _Site:
             return self._keep(x, self.last[3])
         config = self.runtime.config
         rows, cells = self.self_map.rows, self.cells
-        attention = self.self_map.take()
+        attention = self.self_map.take() if self.self_map.wanted else None
         batch, n, _ = x.shape
         keep = gwpr.kept_count(n, ratio)
         if config.method == "random":
@@ -141,7 +143,11 @@ class _Site:
         else:
             scores = gwpr.gwpr_scores(attention, config.iterations)
         kept, pruned = gwpr.split_tokens(scores, keep)
-        if rows is None:
+        if config.source == "similarity":
+            source = dit_scoring.similar_sources(x, kept, pruned)
+        elif config.source == "nearest":
+            source = dit_scoring.nearest_sources(*self.grid, kept, pruned)
+        elif rows is None:
             source = recovery.most_similar_kept(attention, kept, pruned)
         else:
             source = dit_scoring.copy_sources(attention, rows.to(x.device), cells.to(x.device), kept, pruned)
@@ -205,7 +211,7 @@ def _placement(config: TokenPruningConfig, site: AttentionSite) -> str:
 
 #: options that only mean something on a U-Net / on a diffusion transformer, with their defaults
 _UNET_ONLY = {"levels": None, "placement": "auto", "score": "self", "merge": "self", "chunk": None, "refresh": 1}
-_DIT_ONLY = {"blocks": None, "source": "attention"}
+_DIT_ONLY = {"blocks": None}
 
 
 def _check_fits(config: TokenPruningConfig, transformer: bool) -> None:
