@@ -3,7 +3,7 @@ quality on the shapes-dit testbed at equal FLOPs.
 
     python benchmarks/tokens_dit.py flops [--archs pixart-sigma flux-dev] [--resolution 1024] [--steps 20]
     python benchmarks/tokens_dit.py speed [--arch pixart-sigma] [--resolution 512] [--repeats 3]
-    python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100] [--cache-threshold 0.2]
+    python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100] [--cache-threshold 0.2] [--source nearest]
     python benchmarks/tokens_dit.py cache [--thresholds 0.05 0.1 0.2 0.3] [--prompts 100]
 
 ``flops`` counts on the meta device (exact shapes, no weights): the mean TFLOPs per transformer call over the
@@ -12,7 +12,8 @@ schedule, scorer included, for G-WPR (full and strided scorer), random and ToMe,
 t = 500 per variant, interleaved (the order rotates every round), the patch installed outside the timed call;
 the FLOPs-ideal speed-up is the FLOPs ratio of the same call. ``quality`` runs the shapes suite on the
 ``shapes-dit`` testbed: G-WPR at ``--ratio``, then random and ToMe at the ratio that matches its mean FLOPs,
-each also stacked with diffusers' first-block cache. ``cache`` sweeps the first-block cache's threshold on
+each also stacked with diffusers' first-block cache (with the share of calls it skipped); ``--source``
+sets the copy source of the G-WPR and random variants. ``cache`` sweeps the first-block cache's threshold on
 ``shapes-dit``: the share of transformer calls whose later blocks it skipped, and the suite's quality.
 """
 
@@ -157,34 +158,44 @@ def quality(args) -> None:
     steps = suite.steps
     resolution = pipe.vae_scale_factor * pipe.transformer.config.sample_size
     base = tokens.schedule_flops(pipe, steps, resolution=resolution)
-    gwpr = tokens.parse_spec(f"atedm:ratio={args.ratio}")
+    source = "" if args.source == "attention" else f",source={args.source}"
+    gwpr = tokens.parse_spec(f"atedm:ratio={args.ratio}{source}")
     tokens.apply(pipe, gwpr)
     target = tokens.schedule_flops(pipe, steps, resolution=resolution).mean_tflops
     tokens.remove(pipe)
     variants = {"atedm": gwpr}
     for method in ("random", "tome"):
-        config = tokens.parse_spec(f"{method}:ratio={args.ratio}")
+        config = tokens.parse_spec(f"{method}:ratio={args.ratio}" + (source if method == "random" else ""))
         ratio, _ = tokens.ratio_for_flops(pipe, config, target, steps, resolution=resolution)
         variants[method] = tokens.with_ratio(config, round(ratio, 4))
     keys = ("accuracy_all", "accuracy_color", "accuracy_shape", "accuracy_position", "accuracy_count", "fd")
     print(f"\nshapes-dit, {args.prompts} held-out prompts, {steps} steps; FLOPs matched to {gwpr.spec()} "
           f"({target / base.mean_tflops:.3f} of the unpruned transformer)")
-    print(f"{'variant':<44}" + "".join(f"{k.replace('accuracy_', ''):>10}" for k in keys) + f"{'agree':>8}")
+    print("skipped: share of transformer calls whose later blocks the cache skipped")
+    print(f"{'variant':<52}" + "".join(f"{k.replace('accuracy_', ''):>10}" for k in keys) + f"{'agree':>8}"
+          + f"{'skipped':>9}")
 
-    def row(label, result):
+    def row(label, result, skipped=0.0):
         metrics = result.metrics
         agree = reading_agreement(evaluator.read(result.images), readings)["agreement_all"]
-        print(f"{label:<44}" + "".join(f"{metrics[k]:>10.3f}" for k in keys) + f"{agree:>8.3f}", flush=True)
+        print(f"{label:<52}" + "".join(f"{metrics[k]:>10.3f}" for k in keys) + f"{agree:>8.3f}{skipped:>9.3f}",
+              flush=True)
+
+    def cached_row(label, spec=None):
+        with first_block_cache(pipe, args.cache_threshold, spec) as cached:
+            counts, handles = _count_skips(cached.transformer)
+            result = run_shapes_suite(cached, suite, evaluator)
+            for handle in handles:
+                handle.remove()
+        row(label, result, 1 - counts["computed"] / max(counts["calls"], 1))
 
     row("(unpruned)", dense)
-    with first_block_cache(pipe, args.cache_threshold) as cached:
-        row(f"first-block cache {args.cache_threshold}", run_shapes_suite(cached, suite, evaluator))
-    for name, config in variants.items():
+    cached_row(f"first-block cache {args.cache_threshold}")
+    for config in variants.values():
         tokens.apply(pipe, config)
         row(config.spec(), run_shapes_suite(pipe, suite, evaluator))
         tokens.remove(pipe)
-        with first_block_cache(pipe, args.cache_threshold, config.spec()) as cached:
-            row(config.spec() + " + first-block cache", run_shapes_suite(cached, suite, evaluator))
+        cached_row(config.spec() + " + first-block cache", config.spec())
 
 
 def _count_skips(model) -> tuple[dict, list]:
@@ -241,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     q.add_argument("--ratio", type=float, default=0.5)
     q.add_argument("--prompts", type=int, default=100)
     q.add_argument("--cache-threshold", type=float, default=0.05)
+    q.add_argument("--source", default="attention", choices=tokens.SOURCES,
+                   help="copy source of the G-WPR and random variants (default attention)")
     c = sub.add_parser("cache")
     c.add_argument("--thresholds", type=float, nargs="+", default=[0.05, 0.1, 0.2, 0.3])
     c.add_argument("--prompts", type=int, default=100)

@@ -3,7 +3,7 @@ is compared with (ToMe, random), as idempotent ``apply`` / ``remove`` patches of
 
 from diffprune.measure.runtime import RuntimePatchKind, register_runtime_patch
 
-from .config import METHODS, TokenPruningConfig, parse_spec, with_ratio
+from .config import METHODS, SOURCES, TokenPruningConfig, parse_spec, with_ratio
 from .dit_scoring import rank_tokens
 from .measure import ScheduleFlops, ratio_for_flops, schedule_flops
 from .patch import KeptTokens, active_patch, applied_config, apply, at_timestep, observe_kept, remove
@@ -23,4 +23,4 @@ register_runtime_patch(RuntimePatchKind("tokens", _describe, schedule_flops, _ap
 
 __all__ = ["KeptTokens", "METHODS", "observe_kept", "ScheduleFlops", "TokenPruneResult", "TokenPruningConfig",
            "active_patch", "applied_config", "apply", "at_timestep", "parse_spec", "prune", "rank_tokens",
-           "ratio_for_flops", "remove", "schedule_flops", "with_ratio"]
+           "ratio_for_flops", "remove", "schedule_flops", "SOURCES", "with_ratio"]
