@@ -1,7 +1,7 @@
 """Token pruning on diffusion transformers: FLOPs over a schedule, wall clock against the FLOPs-ideal speed-up, and
 quality on the shapes-dit testbed at equal FLOPs.
 
-    python benchmarks/tokens_dit.py flops [--archs pixart-sigma flux-dev] [--resolution 1024] [--steps 20]
+    python benchmarks/tokens_dit.py flops [--archs pixart-sigma flux-dev] [--resolution 1024] [--steps 20] [--specs ...]
     python benchmarks/tokens_dit.py speed [--arch pixart-sigma] [--resolution 512] [--repeats 3]
     python benchmarks/tokens_dit.py quality [--ratio 0.5] [--prompts 100] [--cache-threshold 0.2] [--source nearest]
     python benchmarks/tokens_dit.py cache [--thresholds 0.05 0.1 0.2 0.3] [--prompts 100]
@@ -41,15 +41,14 @@ def flops(args) -> None:
         base = tokens.schedule_flops(pipe, args.steps, resolution=args.resolution).mean_tflops
         print(f"\nrandom:{arch} at {args.resolution}², batch 1, {args.steps} steps of "
               f"{type(pipe.scheduler).__name__}; TFLOPs = mean per transformer call, scorer included")
-        print(f"{'tokens':<40}{'TFLOPs':>10}{'cut':>8}")
-        print(f"{'(unpruned)':<40}{base:>10.3f}")
-        for ratio in args.ratios:
-            for spec in SPECS:
-                spec = spec.format(r=ratio)
-                tokens.apply(pipe, tokens.parse_spec(spec))
-                mean = tokens.schedule_flops(pipe, args.steps, resolution=args.resolution).mean_tflops
-                tokens.remove(pipe)
-                print(f"{spec:<40}{mean:>10.3f}{1 - mean / base:>8.1%}", flush=True)
+        print(f"{'tokens':<48}{'TFLOPs':>10}{'cut':>8}")
+        print(f"{'(unpruned)':<48}{base:>10.3f}")
+        specs = args.specs or [spec.format(r=ratio) for ratio in args.ratios for spec in SPECS]
+        for spec in specs:
+            tokens.apply(pipe, tokens.parse_spec(spec))
+            mean = tokens.schedule_flops(pipe, args.steps, resolution=args.resolution).mean_tflops
+            tokens.remove(pipe)
+            print(f"{spec:<48}{mean:>10.3f}{1 - mean / base:>8.1%}", flush=True)
 
 
 def speed(args) -> None:
@@ -242,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--resolution", type=int, default=1024)
     f.add_argument("--steps", type=int, default=20)
     f.add_argument("--ratios", type=float, nargs="+", default=[0.5, 0.7])
+    f.add_argument("--specs", nargs="+", help="specs to count instead of the default set at --ratios")
     s = sub.add_parser("speed")
     s.add_argument("--arch", default="pixart-sigma")
     s.add_argument("--resolution", type=int, default=512)
