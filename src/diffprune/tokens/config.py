@@ -131,6 +131,11 @@ class TokenPruningConfig:
         if self.merge not in ("self", "self+cross", "all"):
             raise DiffpruneError(f"merge must be self, self+cross or all, got '{self.merge}'")
 
+    def reads_map(self, gwpr_on_map: bool) -> bool:
+        """Whether the ranking layer's attention map is read: by the copy source, or by the ranking
+        (``gwpr_on_map``: this layer's G-WPR runs on the explicit map)."""
+        return self.source == "attention" or (self.method == "atedm" and gwpr_on_map)
+
     def copy_for(self, transformer: bool) -> str:
         """What recovery copies on this kind of denoiser."""
         return ("delta" if transformer else "state") if self.copy == "auto" else self.copy

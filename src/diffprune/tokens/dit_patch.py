@@ -160,8 +160,8 @@ class DitRuntime:
         rows = cells = None
         if config.scorer == "strided":
             rows, cells = scoring.strided_queries(height, width, config.query_stride, q.device)
-        attention = None  # built only where the ranking or the copy source reads it
-        if config.source == "attention" or (config.method == "atedm" and not linear):
+        attention = None
+        if config.reads_map(gwpr_on_map=not linear):
             attention = scoring.attention_rows(q, k, rows, linear=linear, scale=getattr(attn, "scale", None))
         keep = kept_count(n, state.ratio)
         if config.method == "random":
@@ -173,12 +173,8 @@ class DitRuntime:
             scores = scoring.gwpr_from_rows(attention, rows, config.iterations)
         kept, pruned = scoring.choose(scores, keep)
         state.kept, state.pruned = kept, pruned
-        if config.source == "similarity":
-            state.source = scoring.similar_sources(output_image, kept, pruned)
-        elif config.source == "nearest":
-            state.source = scoring.nearest_sources(height, width, kept, pruned)
-        else:
-            state.source = scoring.copy_sources(attention, rows, cells, kept, pruned)
+        state.source = scoring.pick_sources(config.source, kept, pruned, states=output_image, grid=(height, width),
+                                           attention=attention, rows=rows, cells=cells)
         if self.observers:
             event = KeptTokens(site=block.name, timestep=self.timestep, tokens=n, grid=self.grid,
                                kept=kept.detach().cpu())

@@ -143,6 +143,18 @@ def nearest_sources(height: int, width: int, kept: torch.Tensor, pruned: torch.T
     return distance.min(-1).indices
 
 
+def pick_sources(source: str, kept: torch.Tensor, pruned: torch.Tensor, *, states: torch.Tensor,
+                 grid: tuple[int, int], attention: torch.Tensor | None, rows: torch.Tensor | None = None,
+                 cells: torch.Tensor | None = None) -> torch.Tensor:
+    """The copy source of every pruned token by the configured ``source``: ``similarity`` of the ``states`` at the
+    pruning point (B, N, C), ``nearest`` on the ``grid``, or ``attention`` (:func:`copy_sources`). (B, P) out."""
+    if source == "similarity":
+        return similar_sources(states, kept, pruned)
+    if source == "nearest":
+        return nearest_sources(*grid, kept, pruned)
+    return copy_sources(attention, rows, cells, kept, pruned)
+
+
 def rank_tokens(query: torch.Tensor, key: torch.Tensor, ratio: float, *, grid: tuple[int, int] | None = None,
                 scorer: str = "full", query_stride: int = 2, iterations: int = 5, linear: bool = False,
                 scale: float | None = None) -> torch.Tensor:

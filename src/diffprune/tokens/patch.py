@@ -113,9 +113,7 @@ class _Site:
                         and last[:3] == (ratio, self.batch, self.grid))
         if ratio > 0 and not self.reusing:
             config = self.runtime.config
-            # the map is built where the ranking (G-WPR on self-attention) or the copy source reads it
-            self.self_map.wanted = (config.source == "attention"
-                                    or (config.method == "atedm" and not self.scores_cross))
+            self.self_map.wanted = config.reads_map(gwpr_on_map=not self.scores_cross)
             self.cross_map.wanted = self.scores_cross
             if config.scorer == "strided" and self.grid is not None:
                 if self.grid not in self.strided:  # built once per grid size, reused by every later call
@@ -129,6 +127,8 @@ class _Site:
             return self._keep(x, self.last[3])
         config = self.runtime.config
         rows, cells = self.self_map.rows, self.cells
+        if rows is not None:
+            rows, cells = rows.to(x.device), cells.to(x.device)
         attention = self.self_map.take() if self.self_map.wanted else None
         batch, n, _ = x.shape
         keep = gwpr.kept_count(n, ratio)
@@ -139,18 +139,12 @@ class _Site:
         elif self.scores_cross:
             scores = gwpr.cross_entropy_scores(self.cross_map.take())
         elif rows is not None:
-            scores = dit_scoring.gwpr_from_rows(attention, rows.to(x.device), config.iterations)
+            scores = dit_scoring.gwpr_from_rows(attention, rows, config.iterations)
         else:
             scores = gwpr.gwpr_scores(attention, config.iterations)
         kept, pruned = gwpr.split_tokens(scores, keep)
-        if config.source == "similarity":
-            source = dit_scoring.similar_sources(x, kept, pruned)
-        elif config.source == "nearest":
-            source = dit_scoring.nearest_sources(*self.grid, kept, pruned)
-        elif rows is None:
-            source = recovery.most_similar_kept(attention, kept, pruned)
-        else:
-            source = dit_scoring.copy_sources(attention, rows.to(x.device), cells.to(x.device), kept, pruned)
+        source = dit_scoring.pick_sources(config.source, kept, pruned, states=x, grid=self.grid,
+                                          attention=attention, rows=rows, cells=cells)
         selection = recovery.Selection.of(kept, pruned, source)
         if config.refresh > 1:
             self.last = (ratio, self.batch, self.grid, selection)
