@@ -181,12 +181,7 @@ def quality(args) -> None:
               flush=True)
 
     def cached_row(label, spec=None):
-        with first_block_cache(pipe, args.cache_threshold, spec) as cached:
-            counts, handles = _count_skips(cached.transformer)
-            result = run_shapes_suite(cached, suite, evaluator)
-            for handle in handles:
-                handle.remove()
-        row(label, result, 1 - counts["computed"] / max(counts["calls"], 1))
+        row(label, *_cached_suite(pipe, args.cache_threshold, suite, evaluator, spec))
 
     row("(unpruned)", dense)
     cached_row(f"first-block cache {args.cache_threshold}")
@@ -209,8 +204,21 @@ def _count_skips(model) -> tuple[dict, list]:
     return counts, handles
 
 
+def _cached_suite(pipe, threshold: float, suite, evaluator, spec: str | None = None):
+    """The shapes suite on a copy of ``pipe`` with the first-block cache (and token pruning ``spec``): the result
+    and the share of transformer calls whose later blocks the cache skipped."""
+    from diffprune.evaluate import run_shapes_suite
+
+    with first_block_cache(pipe, threshold, spec) as cached:
+        counts, handles = _count_skips(cached.transformer)
+        result = run_shapes_suite(cached, suite, evaluator)
+        for handle in handles:
+            handle.remove()
+    return result, 1 - counts["computed"] / max(counts["calls"], 1)
+
+
 def cache(args) -> None:
-    from diffprune.evaluate import reading_agreement, run_shapes_suite
+    from diffprune.evaluate import reading_agreement
 
     setup = _testbed_run("cache", args.prompts)
     if setup is None:
@@ -222,12 +230,7 @@ def cache(args) -> None:
           + f"{'agree':>8}")
     print(f"{'(none)':<12}{0.0:>15.3f}" + "".join(f"{dense.metrics[k]:>10.3f}" for k in keys) + f"{1.0:>8.3f}")
     for threshold in args.thresholds:
-        with first_block_cache(pipe, threshold) as cached:
-            counts, handles = _count_skips(cached.transformer)
-            result = run_shapes_suite(cached, suite, evaluator)
-            for handle in handles:
-                handle.remove()
-        skipped = 1 - counts["computed"] / max(counts["calls"], 1)
+        result, skipped = _cached_suite(pipe, threshold, suite, evaluator)
         agree = reading_agreement(evaluator.read(result.images), readings)["agreement_all"]
         print(f"{threshold:<12g}{skipped:>15.3f}" + "".join(f"{result.metrics[k]:>10.3f}" for k in keys)
               + f"{agree:>8.3f}", flush=True)
