@@ -31,6 +31,21 @@ def test_eval_shapes_writes_json_and_report(tmp_path, capsys):
     assert "accuracy_all" in capsys.readouterr().out
 
 
+def test_eval_of_the_testbed_folder_as_saved(tmp_path):
+    """The testbed's pipeline folder as training writes it (fp16 on disk), given as a plain folder without
+    ``--dtype``: it evaluates like ``shapes`` (which loads the same weights in fp32)."""
+    import shutil
+
+    from diffprune.testbed.assets import testbed_folder
+
+    folder = shutil.copytree(testbed_folder(), tmp_path / "pipeline")
+    args = ["--prompts", "2", "--steps", "3", "--batch-size", "2"]
+    assert main(["eval", str(folder), *args, "--json", str(tmp_path / "a.json")]) == 0
+    assert main(["eval", "shapes", *args, "--json", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert {k: a[k] for k in KEYS if k != "seconds"} == {k: b[k] for k in KEYS if k != "seconds"}
+
+
 def test_eval_fidelity_of_a_pipeline_against_itself(tmp_path):
     out = tmp_path / "f.json"
     assert main(["eval", "shapes", "--suite", "fidelity", "--reference", "shapes", "--prompts", "3",

@@ -79,6 +79,22 @@ def test_dtype_option():
         diffprune.load("random:tiny-sd", dtype="int3")
 
 
+def test_folder_saved_in_fp16_loads_in_one_precision(tmp_path):
+    """A plain diffusers folder saved in fp16: transformers keeps the text encoder in fp16 while diffusers loads
+    the U-Net and VAE in fp32; without a dtype the pipeline must still come out in one precision and run."""
+    def floating_dtypes(pipe):
+        return {p.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder) for p in m.parameters()}
+
+    diffprune.load("random:tiny-sd").to(torch.float16).save_pretrained(tmp_path / "fp16")
+    pipe = diffprune.load(tmp_path / "fp16")
+    assert floating_dtypes(pipe) == {torch.float32}
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", num_inference_steps=1, height=64, width=64, output_type="pt").images
+    assert torch.isfinite(image).all()
+    # an asked-for precision is kept as asked
+    assert floating_dtypes(diffprune.load(tmp_path / "fp16", dtype="fp16")) == {torch.float16}
+
+
 @pytest.mark.parametrize("arch,family", [("sd15", Family.SD1), ("sd21", Family.SD2), ("sdxl", Family.SDXL),
                                          ("tiny-sd", Family.SD1), ("tiny-sdxl", Family.SDXL)])
 def test_family_detection(arch, family):

@@ -21,7 +21,7 @@ from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
-from diffprune.anatomy import model_components
+from diffprune.anatomy import floating_dtypes, model_components
 from diffprune.measure.runtime import reapply_runtime_patches
 
 FORMAT_VERSION = 1
@@ -81,8 +81,13 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
     return dev
 
 
-def _finish(pipe, *, source: str, component: str | None, device):
+def _finish(pipe, *, source: str, component: str | None, device, dtype=None):
     detect_family(pipe)
+    if dtype is None and len(floating_dtypes(pipe)) > 1:
+        # diffusers loads its models in fp32 by default while transformers keeps a text encoder saved in fp16 in
+        # fp16: without a requested dtype, such a pipeline could not run; fp32 is diffusers' default and lossless
+        for module in model_components(pipe).values():
+            module.to(torch.float32)
     if device is not None and device.type != "cpu":
         pipe.to(device)
     info = dict(getattr(pipe, "_diffprune", None) or {})
@@ -329,7 +334,9 @@ def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
     ``random:<arch>`` builds seeded random weights (``device="meta"`` allocates nothing: for FLOPs and
     parameter counts). ``config`` is only used for single-file checkpoints: a diffusers folder or Hub id
     whose configs and tokenizer match the checkpoint. ``cache_dir`` overrides the Hugging Face cache.
-    ``"shapes"`` loads the trained testbed. Raises :class:`DiffpruneError` with one clear line
+    Without ``dtype``, models load as diffusers and transformers load them; where those disagree (a text
+    encoder saved in fp16 stays fp16 in transformers, diffusers' models come in fp32), every model is brought
+    to fp32. ``"shapes"`` loads the trained testbed. Raises :class:`DiffpruneError` with one clear line
     for anything the user can fix.
 
     Every ``model_index.json`` entry must name a diffusers or transformers class (code inside a model folder
@@ -388,7 +395,7 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
         pipe = _load_hub(text, dtype, cache_dir)
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
-    return _finish(pipe, source=text, component=component, device=device)
+    return _finish(pipe, source=text, component=component, device=device, dtype=dtype)
 
 
 def read_paths(source: str | os.PathLike) -> list[str]:
