@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import warnings
 
 import pytest
 
@@ -90,3 +91,28 @@ def test_dit_testbed_trains_resumes_bit_identically_and_loads(tmp_path, monkeypa
     from diffusers import PixArtSigmaPipeline
 
     PixArtSigmaPipeline.from_pretrained(tmp_path / "whole" / "pipeline")  # stock diffusers loads the folder
+
+
+def test_resuming_with_another_thread_count_warns_and_is_recorded(tmp_path):
+    """A resumed run with another CPU thread count is another run (the sums' order changes): it says so and
+    ``training.json`` keeps the thread counts it was resumed with."""
+    from dataclasses import asdict
+
+    import torch
+
+    from diffprune.testbed.train import start_run
+
+    cfg = TrainConfig.quick()
+    started = torch.get_num_threads() + 1
+    log = {"config": asdict(cfg), "torch": str(torch.__version__), "threads": started, "device": "cpu", "seconds": {}}
+    torch.save({"done": {}, "running": None, "log": log, "elapsed": {}}, tmp_path / "checkpoint.pt")
+    kwargs = dict(checkpoint_minutes=5.0, device="cpu", stop_after=None)
+    with pytest.warns(UserWarning, match=f"started with {started} CPU threads"):
+        _, _, _, resumed = start_run(tmp_path, cfg, resume=True, **kwargs)
+    assert resumed["threads"] == started and resumed["resumed_with_threads"] == [torch.get_num_threads()]
+    log["threads"] = torch.get_num_threads()  # the same count: nothing to say
+    torch.save({"done": {}, "running": None, "log": log, "elapsed": {}}, tmp_path / "checkpoint.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, _, _, resumed = start_run(tmp_path, cfg, resume=True, **kwargs)
+    assert "resumed_with_threads" not in resumed

@@ -5,16 +5,18 @@ One command reproduces the committed weights (same seed, same machine kind)::
     python -m diffprune.testbed.train --out runs/testbed
 
 writes ``evaluator.safetensors``, ``pipeline/`` (a ``StableDiffusionPipeline`` folder, fp16 weights) and
-``training.json`` (configuration, losses, seconds per stage). ``--quick`` runs a few steps of each stage to
+``training.json`` (configuration, losses, seconds per stage, the CPU thread count the run started with and, if
+it was resumed with another, ``resumed_with_threads``). ``--quick`` runs a few steps of each stage to
 check the mechanics in under a minute. The run saves ``checkpoint.pt`` in the output folder every few minutes
 (``--checkpoint-minutes``); ``--resume`` continues from it, bit-identical to an uninterrupted run on the same
-machine kind. ``--device cuda`` trains on a GPU (random draws stay on the CPU, so the data is the same).
+machine kind with the same CPU thread count. ``--device cuda`` trains on a GPU (random draws stay on the CPU, so the data is the same).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -196,6 +198,13 @@ def start_run(out_dir, cfg, *, resume: bool, checkpoint_minutes: float, device: 
                              "threads": torch.get_num_threads(), "device": device_name(dev), "seconds": {}}
     if log["config"] != asdict(cfg):
         raise ValueError(f"{ckpt.path} was made with another configuration; resume with the same options")
+    threads = torch.get_num_threads()
+    if resume and ckpt.log is not None and dev.type == "cpu" and threads != log["threads"]:
+        # the thread count changes the order of floating-point sums: still a valid run, but another one
+        warnings.warn(f"{ckpt.path} was started with {log['threads']} CPU threads and resumes with {threads}: "
+                      "the result will not be bit-identical to an uninterrupted run (set OMP_NUM_THREADS="
+                      f"{log['threads']} to keep it so)", stacklevel=3)
+        log.setdefault("resumed_with_threads", []).append(threads)
     return dev, out, ckpt, log
 
 
