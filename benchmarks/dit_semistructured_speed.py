@@ -19,7 +19,7 @@ import torch
 
 from diffprune.anatomy import geometry
 from diffprune.archs import build_denoiser
-from diffprune.io import parse_dtype
+from diffprune.precision import parse_dtype
 from diffprune.measure import denoiser_inputs, describe_hardware, interleaved_latency
 from diffprune.weights import MagnitudeConfig, prune
 from diffprune.weights import semistructured

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     ref_log = json.loads((args.reference / "training.json").read_text())
     models, curve, scaling = _run_state(args.run)
     print(f"run {args.run} against {args.reference}")
-    print(f"| model | identical tensors | largest difference |\n|---|---|---|")
+    print("| model | identical tensors | largest difference |\n|---|---|---|")
     for name, tensors in models.items():
         file = "evaluator.safetensors" if name == "evaluator" else f"pipeline/{COMPONENT_FILES[name]}"
         same, total, diff = _compare(tensors, load_file(str(args.reference / file)))

@@ -17,39 +17,17 @@ import torch
 
 from diffprune import archs
 from diffprune._fs import MANIFEST
+from diffprune.anatomy import model_components
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
 from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
-from diffprune.anatomy import floating_dtypes, model_components
 from diffprune.measure.runtime import reapply_runtime_patches
+from diffprune.precision import dtype_kwargs, one_precision, parse_dtype
 
 FORMAT_VERSION = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-
-
-def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise DiffpruneError(f"unknown dtype '{dtype}' (choose from fp32, fp16, bf16)") from None
-
-
-def _dtype_kwargs(dtype: torch.dtype | None) -> dict:
-    if dtype is None:
-        return {}
-    import diffusers
-
-    # diffusers 0.40 renamed ``torch_dtype`` to ``dtype``; older releases only know the former.
-    major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
-    return {"dtype": dtype} if (major, minor) >= (0, 40) else {"torch_dtype": dtype}
-
-
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
@@ -83,11 +61,8 @@ def parse_device(device: str | torch.device | None) -> torch.device | None:
 
 def _finish(pipe, *, source: str, component: str | None, device, dtype=None):
     detect_family(pipe)
-    if dtype is None and len(floating_dtypes(pipe)) > 1:
-        # diffusers loads its models in fp32 by default while transformers keeps a text encoder saved in fp16 in
-        # fp16: without a requested dtype, such a pipeline could not run; fp32 is diffusers' default and lossless
-        for module in model_components(pipe).values():
-            module.to(torch.float32)
+    if dtype is None:
+        one_precision(pipe)
     if device is not None and device.type != "cpu":
         pipe.to(device)
     info = dict(getattr(pipe, "_diffprune", None) or {})
@@ -141,7 +116,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patc
         if module is not None:
             stored[name] = module
     try:
-        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **stored, **_dtype_kwargs(dtype))
+        pipe = DiffusionPipeline.from_pretrained(folder, local_files_only=True, **stored, **dtype_kwargs(dtype))
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
         raise DiffpruneError(f"cannot load the pipeline in {folder}: {first_line(e)}") from None
     for name, module in model_components(pipe).items():
@@ -241,7 +216,7 @@ def _load_single_file(path: Path, dtype, config: str | None):
             raise DiffpruneError(f"{path} does not hold a state dict")
         keys = [str(k) for k in state]
     cls = getattr(diffusers, _single_file_pipeline(path, keys))
-    kwargs = dict(_dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
+    kwargs = dict(dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
     if config is not None:  # diffusers reads the component classes from its model_index.json: check it first
         folder = Path(config).expanduser()
         if (folder / "model_index.json").is_file():
@@ -315,7 +290,7 @@ def _load_hub(repo_id: str, dtype, cache_dir: str | None):
                                      f"Face cache, and the Hub did not provide it ({first_line(e)})") from None
             try:
                 return DiffusionPipeline.from_pretrained(repo_id, cache_dir=cache_dir, local_files_only=local_only,
-                                                         revision=commit, **_dtype_kwargs(dtype))
+                                                         revision=commit, **dtype_kwargs(dtype))
             except Exception as e:
                 if local_only:
                     continue  # partly cached: let the Hub complete it

@@ -29,6 +29,7 @@ import torch
 from diffprune.anatomy import denoiser_name, denoiser_of, is_pipeline, model_components
 from diffprune.errors import DiffpruneError
 from diffprune.history import history_of, record_step
+from diffprune.precision import parse_dtype
 from diffprune.results import StepResult
 
 from .config import DistillConfig
@@ -36,8 +37,6 @@ from .data import DistillData
 from .denoising import Denoising, check_trainable
 from .features import FeatureTaps, matched_sites
 from .losses import mse, normalized_feature_terms, plain_feature_terms, token_normalized_feature_terms, total_loss
-
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class DistillInterrupted(DiffpruneError):
@@ -187,8 +186,9 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
         masks = {n: m.to(device) for n, m in _weight_masks(student).items()}
         for encoder in encoders:
             encoder.to(device).eval().requires_grad_(False)
-        if config.teacher_dtype is not None and _DTYPES[config.teacher_dtype] != t_unet.dtype:
-            t_unet.to(_DTYPES[config.teacher_dtype])
+        teacher_dtype = parse_dtype(config.teacher_dtype)
+        if teacher_dtype is not None and teacher_dtype != t_unet.dtype:
+            t_unet.to(teacher_dtype)
         t_unet.to(device).eval().requires_grad_(False)
         unet.to(device).train().requires_grad_(True)
         if config.gradient_checkpointing:

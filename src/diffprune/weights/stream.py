@@ -131,7 +131,7 @@ def stream_prune(source: str, out, config: MagnitudeConfig, *, dtype: str | torc
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    from diffprune.io import parse_dtype
+    from diffprune.precision import parse_dtype
 
     config.validate()
     if config.scope != "layer":
