@@ -8,7 +8,9 @@ random weights of a published architecture.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -335,7 +337,8 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
         from diffprune.testbed.assets import dit_testbed_folder, testbed_folder
 
         folder = testbed_folder() if text == "shapes" else dit_testbed_folder()
-        pipe = _load_pipeline_folder(folder, dtype or torch.float32)
+        with _quiet_testbed_types():
+            pipe = _load_pipeline_folder(folder, dtype or torch.float32)
         return _finish(pipe, source=text, component=component, device=device)
     if text.startswith("random:"):
         pipe = archs.build_pipeline(text.split(":", 1)[1], device=device or "cpu", dtype=dtype, seed=seed)
@@ -371,6 +374,21 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
     return _finish(pipe, source=text, component=component, device=device, dtype=dtype)
+
+
+@contextlib.contextmanager
+def _quiet_testbed_types():
+    """Drop diffusers' type warning for the text encoder while a bundled testbed loads: ``shapes-dit`` pairs a
+    PixArt pipeline with the shapes testbed's CLIP text encoder on purpose."""
+    def known(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Expected types for text_encoder")
+
+    log = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    log.addFilter(known)
+    try:
+        yield
+    finally:
+        log.removeFilter(known)
 
 
 def read_paths(source: str | os.PathLike) -> list[str]:
