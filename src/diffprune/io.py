@@ -8,9 +8,7 @@ random weights of a published architecture.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import re
 from pathlib import Path
@@ -334,10 +332,10 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     device = parse_device(device)
     text = str(source)
     if text in ("shapes", "shapes-dit"):  # the trained testbeds shipped with diffprune (fp16 on disk, fp32 default)
-        from diffprune.testbed.assets import dit_testbed_folder, testbed_folder
+        from diffprune.testbed.assets import dit_testbed_folder, quiet_text_encoder_type, testbed_folder
 
         folder = testbed_folder() if text == "shapes" else dit_testbed_folder()
-        with _quiet_testbed_types():
+        with quiet_text_encoder_type():
             pipe = _load_pipeline_folder(folder, dtype or torch.float32)
         return _finish(pipe, source=text, component=component, device=device)
     if text.startswith("random:"):
@@ -374,21 +372,6 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
     return _finish(pipe, source=text, component=component, device=device, dtype=dtype)
-
-
-@contextlib.contextmanager
-def _quiet_testbed_types():
-    """Drop diffusers' type warning for the text encoder while a bundled testbed loads: ``shapes-dit`` pairs a
-    PixArt pipeline with the shapes testbed's CLIP text encoder on purpose."""
-    def known(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Expected types for text_encoder")
-
-    log = logging.getLogger("diffusers.pipelines.pipeline_utils")
-    log.addFilter(known)
-    try:
-        yield
-    finally:
-        log.removeFilter(known)
 
 
 def read_paths(source: str | os.PathLike) -> list[str]:

@@ -6,6 +6,8 @@ testbed (its ``pipeline/`` and ``evaluator.safetensors``) everywhere ``shapes`` 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -50,3 +52,18 @@ def evaluator_weights() -> Path:
     if not path.is_file():
         raise DiffpruneError(f"the shapes evaluator weights are missing ({path}); {RETRAIN_HINT}")
     return path
+
+
+@contextlib.contextmanager
+def quiet_text_encoder_type():
+    """While a bundled testbed loads, drop diffusers' warning that the text encoder is not the pipeline's usual
+    type: ``shapes-dit`` pairs a PixArt pipeline with the shapes testbed's CLIP text encoder on purpose."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Expected types for text_encoder")
+
+    log = logging.getLogger("diffusers.pipelines.pipeline_utils")
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
