@@ -102,12 +102,6 @@ def model_components(obj) -> dict[str, nn.Module]:
     return {k: v for k, v in {**known, **extra}.items() if isinstance(v, nn.Module)}
 
 
-def floating_dtypes(obj) -> set:
-    """The floating-point dtypes of the parameters and buffers of a pipeline's models (or of one module)."""
-    return {t.dtype for m in model_components(obj).values() for t in (*m.parameters(), *m.buffers())
-            if t.is_floating_point()}
-
-
 def sparse_kernel_weights(obj) -> list[str]:
     """Parameters of a pipeline's models (or of one module) held as GPU semi-structured sparse tensors (put there
     by ``diffprune.weights.semistructured.apply``): they cannot be saved or counted as dense tensors."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from diffprune.anatomy import floating_dtypes, model_components
+from diffprune.anatomy import model_components
 from diffprune.errors import DiffpruneError
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -31,6 +31,12 @@ def dtype_kwargs(dtype: torch.dtype | None) -> dict:
     # diffusers 0.40 renamed ``torch_dtype`` to ``dtype``; older releases only know the former.
     major, minor = (int(x) for x in diffusers.__version__.split(".")[:2])
     return {"dtype": dtype} if (major, minor) >= (0, 40) else {"torch_dtype": dtype}
+
+
+def floating_dtypes(obj) -> set[torch.dtype]:
+    """The floating-point dtypes of the parameters and buffers of a pipeline's models (or of one module)."""
+    return {t.dtype for m in model_components(obj).values() for t in (*m.parameters(), *m.buffers())
+            if t.is_floating_point()}
 
 
 def one_precision(pipe) -> None:
