@@ -1,8 +1,9 @@
 """Train the shapes testbed from scratch: evaluator, VAE, then text encoder and U-Net jointly.
 
-One command reproduces the committed weights (same seed, same machine kind)::
+One command reproduces the committed weights (same seed, same machine kind, same CPU thread count: they were
+trained at 2)::
 
-    python -m diffprune.testbed.train --out runs/testbed
+    OMP_NUM_THREADS=2 python -m diffprune.testbed.train --out runs/testbed
 
 writes ``evaluator.safetensors``, ``pipeline/`` (a ``StableDiffusionPipeline`` folder, fp16 weights) and
 ``training.json`` (configuration, losses, seconds per stage, the CPU thread count the run started with and, if
