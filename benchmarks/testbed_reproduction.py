@@ -51,18 +51,22 @@ def _run_state(run: Path) -> tuple[dict[str, dict], list[float] | None, float | 
     return models, curve, log.get("vae_scaling_factor")
 
 
-def _compare(ours: dict, ref: dict) -> tuple[int, int, float]:
-    """(identical tensors, tensors, largest absolute difference) over the tensors both hold."""
+def _compare(ours: dict, ref: dict) -> tuple[int, int, float, int]:
+    """(identical tensors, tensors in either, largest absolute difference, tensors only one side holds).
+
+    A tensor that only one side holds, or that differs in shape, counts as different with an infinite difference.
+    """
     same, diff = 0, 0.0
-    for key, tensor in ours.items():
-        other = ref[key]
-        if tensor.shape == other.shape and torch.equal(tensor, other):
-            same += 1
-        elif tensor.shape == other.shape:
-            diff = max(diff, float((tensor.float() - other.float()).abs().max()))
-        else:
+    keys = set(ours) | set(ref)
+    for key in keys:
+        tensor, other = ours.get(key), ref.get(key)
+        if tensor is None or other is None or tensor.shape != other.shape:
             diff = float("inf")
-    return same, len(ours), diff
+        elif torch.equal(tensor, other):
+            same += 1
+        else:
+            diff = max(diff, float((tensor.float() - other.float()).abs().max()))
+    return same, len(keys), diff, len(keys ^ (set(ours) & set(ref)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -74,11 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     ref_log = json.loads((args.reference / "training.json").read_text())
     models, curve, scaling = _run_state(args.run)
     print(f"run {args.run} against {args.reference}")
-    print("| model | identical tensors | largest difference |\n|---|---|---|")
+    print("| model | identical tensors | largest difference | held by one side only |\n|---|---|---|---|")
     for name, tensors in models.items():
         file = "evaluator.safetensors" if name == "evaluator" else f"pipeline/{COMPONENT_FILES[name]}"
-        same, total, diff = _compare(tensors, load_file(str(args.reference / file)))
-        print(f"| {name} | {same} / {total} | {diff:.3g} |")
+        same, total, diff, unmatched = _compare(tensors, load_file(str(args.reference / file)))
+        print(f"| {name} | {same} / {total} | {diff:.3g} | {unmatched} |")
     if scaling is not None:
         print(f"VAE scaling factor: run {scaling!r}, reference {ref_log['vae_scaling_factor']!r}")
     if curve:

@@ -1,11 +1,12 @@
 """Magnitude pruning of FLUX.1-dev's transformer (11.9 B parameters) within a 24 GiB machine, streamed.
 
     python benchmarks/weights_flux_stream.py --out DIR [--source random:flux-dev] [--sparsity 0.5] [--dtype bf16]
+        [--storage dense|bitmask]
 
 In memory the transformer alone is 47.6 GB in fp32 and 23.8 GB in bf16. ``diffprune.weights.stream.stream_prune``
 materialises one block at a time (or, for a folder, reads one tensor at a time), prunes it and writes it to the
-output shard. Prints the time, the peak resident memory of the process (sampled every 5 ms) and the output's size;
-the output folder loads with ``FluxTransformer2DModel.from_pretrained``.
+output shard. Prints the time, the peak resident memory of the process (sampled every 5 ms) and the output's size.
+A dense output loads with ``FluxTransformer2DModel.from_pretrained``; a bitmask one with ``diffprune.load``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 
 from diffprune.measure import disk_usage
 from diffprune.weights import MagnitudeConfig
-from diffprune.weights.stream import stream_prune
+from diffprune.weights.stream import STORAGES, stream_prune
 
 
 def _rss() -> int:
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--source", default="random:flux-dev")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--storage", choices=STORAGES, default="dense")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
     base = _rss()
@@ -46,13 +48,13 @@ def main() -> None:
     watcher.start()
     try:
         result = stream_prune(args.source, args.out, MagnitudeConfig(sparsity=args.sparsity), dtype=args.dtype,
-                              overwrite=args.overwrite, progress=True)
+                              overwrite=args.overwrite, storage=args.storage, progress=True)
     finally:
         stop.set()
         watcher.join()
     size = disk_usage(result.out).total_bytes
     print(f"{args.source}: {result.params:,} parameters, {result.pruned_weights:,} in pruned layers, "
-          f"{result.sparsity:.2%} of them zero; {result.shards} shards, {size / 2**30:.2f} GiB on disk ({args.dtype})")
+          f"{result.sparsity:.2%} of them zero; {result.shards} shards, {size / 2**30:.2f} GiB on disk ({args.dtype}, {args.storage})")
     print(f"time {result.seconds:.0f} s; peak RSS {peak[0] / 2**30:.2f} GiB (at start {base / 2**30:.2f} GiB); "
           f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
 

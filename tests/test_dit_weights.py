@@ -223,3 +223,65 @@ def test_streamed_random_weights_are_seeded_and_load(tmp_path):
     model = diffprune.load(tmp_path / "a", dtype="bf16")
     assert all(torch.isfinite(p.float()).all() for p in model.parameters())
     assert _zeros(model) == pytest.approx(0.5, abs=1e-3)
+
+
+def test_streamed_bitmask_shards_shrink_and_load_bit_exact(tmp_path):
+    from diffprune.weights.storage import SPARSE_INDEX
+    from diffprune.weights.stream import stream_prune
+
+    model = diffprune.load("random:tiny-flux", seed=5).transformer
+    model.save_pretrained(tmp_path / "dense")
+    config = weights.MagnitudeConfig(sparsity=0.6)
+    dense = stream_prune(str(tmp_path / "dense"), tmp_path / "plain", config, shard_bytes=50_000)
+    sparse = stream_prune(str(tmp_path / "dense"), tmp_path / "sparse", config, shard_bytes=50_000,
+                          storage="bitmask")
+    assert sparse.shards == dense.shards > 1 and sparse.zeros == dense.zeros
+    shards = sorted((tmp_path / "sparse").glob("diffprune_sparse-*.safetensors"))
+    assert len(shards) == sparse.shards and (tmp_path / "sparse" / SPARSE_INDEX).is_file()
+    from diffusers import FluxTransformer2DModel
+
+    reference = FluxTransformer2DModel.from_pretrained(tmp_path / "plain").state_dict()
+    # a tensor costs its non-zeros (fp32) plus one bit per entry when that is less than dense, else dense
+    payload = sum(min(4 * t.numel(), 4 * int(t.count_nonzero()) + (t.numel() + 7) // 8) if t.numel() >= 64
+                  else 4 * t.numel() for t in reference.values())
+    size = sum(f.stat().st_size for f in shards)
+    headers = size - payload
+    assert 0 < headers < 400 * len(reference)  # names, offsets and the sparse table: a few hundred bytes each
+    assert size < 0.6 * sum(f.stat().st_size for f in (tmp_path / "plain").glob("*.safetensors"))
+    back = diffprune.load(tmp_path / "sparse").state_dict()
+    assert set(back) == set(reference) and all(torch.equal(back[k], reference[k]) for k in reference)
+    again = stream_prune(str(tmp_path / "dense"), tmp_path / "again", config, shard_bytes=50_000,
+                         storage="bitmask")
+    assert again.shards == sparse.shards
+    assert all(f.read_bytes() == (tmp_path / "again" / f.name).read_bytes()
+               for f in [*shards, tmp_path / "sparse" / SPARSE_INDEX])
+    with pytest.raises(diffprune.DiffpruneError, match="unknown storage"):
+        stream_prune(str(tmp_path / "dense"), tmp_path / "x", config, storage="csr")
+
+
+def test_a_damaged_sparse_index_is_refused_in_one_line(tmp_path):
+    import json
+
+    from diffprune.weights.storage import SPARSE_INDEX
+    from diffprune.weights.stream import stream_prune
+
+    out = tmp_path / "sparse"
+    stream_prune("random:tiny-flux", out, weights.MagnitudeConfig(sparsity=0.5), shard_bytes=50_000,
+                 storage="bitmask")
+    index = json.loads((out / SPARSE_INDEX).read_text())
+    first = sorted(set(index["weight_map"].values()))[0]
+    (out / first).rename(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(diffprune.DiffpruneError, match=f"lists {first}, which is not in the folder"):
+        diffprune.load(out)
+    (tmp_path / "elsewhere.safetensors").rename(out / first)
+    diffprune.load(out)  # whole again
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = "../elsewhere.safetensors"
+    (out / SPARSE_INDEX).write_text(json.dumps(index))
+    with pytest.raises(diffprune.DiffpruneError, match="file names in the folder"):
+        diffprune.load(out)
+    del index["weight_map"][name]  # an index that leaves a shard out leaves its tensors unloaded
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != first}
+    (out / SPARSE_INDEX).write_text(json.dumps(index))
+    with pytest.raises(diffprune.DiffpruneError, match="some weights are missing"):
+        diffprune.load(out)

@@ -1,7 +1,10 @@
 """Sparse checkpoints that really shrink: a bitmask plus the packed non-zero values, in safetensors.
 
 Format ``diffprune-bitmask`` version 1, one file ``diffprune_sparse.safetensors`` per component folder, next to
-the component's usual ``config.json``:
+the component's usual ``config.json``; or, for a component too large for one file, shards
+``diffprune_sparse-00001-of-0000N.safetensors`` listed by ``diffprune_sparse.safetensors.index.json`` (the
+layout of diffusers' sharded checkpoints: ``{"metadata": {...}, "weight_map": {tensor name: shard}}``), each shard
+a complete file of this format for the tensors it holds. In each file:
 
 - a tensor stored dense keeps its name;
 - a sparse tensor ``W`` becomes ``W.__values__`` (its non-zero entries, row-major, in the original dtype) and
@@ -26,6 +29,7 @@ from torch import nn
 from diffprune.errors import DiffpruneError, first_line
 
 SPARSE_FILE = "diffprune_sparse.safetensors"
+SPARSE_INDEX = "diffprune_sparse.safetensors.index.json"
 FORMAT = "diffprune-bitmask"
 VERSION = "1"
 _INT_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -140,6 +144,61 @@ def decode(file: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def shard_name(number: int, count: int) -> str:
+    """The file name of shard ``number`` (from 1) of ``count`` in a sharded sparse component."""
+    return f"diffprune_sparse-{number:05d}-of-{count:05d}.safetensors"
+
+
+def sparse_files(folder: str | Path) -> list[Path]:
+    """The sparse files of a component folder: its one file, or the shards its index lists (in order)."""
+    folder = Path(folder)
+    if (folder / SPARSE_FILE).is_file():
+        return [folder / SPARSE_FILE]
+    index = folder / SPARSE_INDEX
+    if not index.is_file():
+        return []
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        raise _corrupt(index, "not a JSON index with a weight_map") from None
+    if not isinstance(weight_map, dict) or not weight_map \
+            or not all(isinstance(v, str) and v == Path(v).name for v in weight_map.values()):
+        raise _corrupt(index, "its weight_map does not map tensors to file names in the folder")
+    files = [folder / name for name in sorted(set(weight_map.values()))]
+    absent = [f.name for f in files if not f.is_file()]
+    if absent:
+        raise _corrupt(index, f"it lists {absent[0]}, which is not in the folder")
+    return files
+
+
+def read_folder(folder: str | Path) -> dict[str, torch.Tensor]:
+    """All the weights of a sparse component folder (one file or shards), dense and bit-exact."""
+    state: dict[str, torch.Tensor] = {}
+    for file in sparse_files(folder):
+        state.update(decode(file))
+    return state
+
+
+def save_sparse_file(state: dict[str, torch.Tensor], file: str | Path,
+                     pattern: tuple[int, int] | None = None) -> int:
+    """Write ``state`` as one file of this format (canonical header); returns how many tensors went sparse."""
+    from safetensors.torch import save_file
+
+    tensors, metadata = encode(state, pattern)
+    save_file(tensors, str(file), metadata=metadata)
+    canonical_header(file)
+    return len(json.loads(metadata["sparse"]))
+
+
+def write_sparse_index(folder: str | Path, weight_map: dict[str, str]) -> None:
+    """Write the index of a sharded sparse component (``weight_map``: dense tensor name -> shard file name)."""
+    folder = Path(folder)
+    total = sum((folder / name).stat().st_size for name in set(weight_map.values()))
+    (folder / SPARSE_INDEX).write_text(json.dumps(
+        {"metadata": {"format": FORMAT, "version": VERSION, "total_size": total},
+         "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n", encoding="utf-8")
+
+
 def _library_class(folder: Path):
     import diffusers
     import transformers
@@ -167,11 +226,11 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
 
     folder = Path(folder)
     cls = _library_class(folder)
-    state = decode(folder / SPARSE_FILE)
+    files = sparse_files(folder)
+    if not files:
+        raise DiffpruneError(f"{folder} holds no {SPARSE_FILE} and no {SPARSE_INDEX}")
     if dtype is None and hasattr(cls, "load_config"):
         dtype = torch.float32  # what diffusers gives a dense folder loaded without a dtype (transformers: as stored)
-    if dtype is not None:  # cast the tensors, not the module: loading then needs no dtype conversion pass
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     try:
         with init_empty_weights(include_buffers=False):
             if hasattr(cls, "load_config"):  # diffusers
@@ -180,21 +239,29 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
                 model = cls(cls.config_class.from_pretrained(folder))
     except Exception as e:  # a user's config: any failure to build from it is reported, not raised
         raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {first_line(e, 160)}") from None
-    state = _match_prefix(state, set(model.state_dict()))
-    try:
-        loaded = model.load_state_dict(state, strict=False, assign=True)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        raise _corrupt(folder / SPARSE_FILE, f"its tensors do not match the model: {lines[-1][:160]}") from None
-    if loaded.unexpected_keys:
-        raise _corrupt(folder / SPARSE_FILE, f"it holds tensors the model does not have, e.g. "
-                                             f"'{loaded.unexpected_keys[0]}'")
+    expected = set(model.state_dict())
+    missing_keys: set[str] = set()
+    for number, file in enumerate(files):  # one shard in memory at a time, besides the model being filled
+        state = decode(file)
+        if dtype is not None:  # cast the tensors, not the module: loading then needs no dtype conversion pass
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        state = _match_prefix(state, expected)
+        try:
+            loaded = model.load_state_dict(state, strict=False, assign=True)
+        except RuntimeError as e:
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise _corrupt(file, f"its tensors do not match the model: {lines[-1][:160]}") from None
+        if loaded.unexpected_keys:
+            raise _corrupt(file, f"it holds tensors the model does not have, e.g. '{loaded.unexpected_keys[0]}'")
+        missing_keys = set(loaded.missing_keys) if number == 0 else missing_keys & set(loaded.missing_keys)
+        del state
     if hasattr(model, "tie_weights"):  # tied weights (T5's shared embedding) are stored once: tie them again
         model.tie_weights()
     params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k in loaded.missing_keys if k not in params or params[k].device.type == "meta"]
+    missing = sorted(k for k in missing_keys if k not in params or params[k].device.type == "meta")
     if missing or any(p.device.type == "meta" for p in model.parameters()):
-        raise _corrupt(folder / SPARSE_FILE, f"some weights are missing (e.g. '{(missing or ['?'])[0]}')")
+        where = files[0] if len(files) == 1 else folder / SPARSE_INDEX
+        raise _corrupt(where, f"some weights are missing (e.g. '{(missing or ['?'])[0]}')")
     return model.eval().requires_grad_(False)
 
 
@@ -208,15 +275,16 @@ def tied_names(module: nn.Module) -> list[list[str]]:
 
 def _match_prefix(state: dict, expected: set[str]) -> dict:
     """Text-encoder keys with or without the ``text_model.`` level (transformers 5 dropped it in memory), so a
-    file written under one transformers major version loads under the other."""
-    if set(state) == expected:
+    file written under one transformers major version loads under the other. ``state`` may be one shard: it
+    matches when all its keys are expected ones."""
+    if set(state) <= expected:
         return state
     prefix = "text_model."
     stripped = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
-    if set(stripped) == expected:
+    if set(stripped) <= expected:
         return stripped
     added = {k if k.startswith(prefix) else prefix + k: v for k, v in stripped.items()}
-    return added if set(added) == expected else state
+    return added if set(added) <= expected else state
 
 
 def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, int] | None = None) -> dict:
@@ -224,20 +292,16 @@ def save_component(module: nn.Module, folder: str | Path, pattern: tuple[int, in
 
     Returns ``{"sparse_tensors": n, "bytes": size}``.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     state = module.state_dict()
     for names in tied_names(module):  # store a tied tensor once, under its first name
         for name in names[1:]:
             state.pop(name)
-    tensors, metadata = encode(state, pattern)
     for glob in _WEIGHT_FILES:
         for f in folder.glob(glob):
             f.unlink()
-    save_file(tensors, str(folder / SPARSE_FILE), metadata=metadata)
-    canonical_header(folder / SPARSE_FILE)
-    return {"sparse_tensors": len(json.loads(metadata["sparse"])), "bytes": (folder / SPARSE_FILE).stat().st_size}
+    sparse = save_sparse_file(state, folder / SPARSE_FILE, pattern)
+    return {"sparse_tensors": sparse, "bytes": (folder / SPARSE_FILE).stat().st_size}
 
 
 def canonical_header(file: str | Path) -> None:
@@ -258,7 +322,7 @@ def canonical_header(file: str | Path) -> None:
 
 
 def is_sparse_folder(folder: str | Path) -> bool:
-    return (Path(folder) / SPARSE_FILE).is_file()
+    return (Path(folder) / SPARSE_FILE).is_file() or (Path(folder) / SPARSE_INDEX).is_file()
 
 
 def nm_pattern(history: list[dict], component: str) -> tuple[int, int] | None:

@@ -10,8 +10,10 @@ even one whole copy, in memory.
 Sources: a component folder of safetensors files (a diffusers ``transformer/`` or ``unet/``, sharded or not), read
 tensor by tensor through memory maps; or ``random:<arch>``, whose denoiser is materialised one top-level block at a
 time with seeded random weights (parameters drawn from a generator seeded by the block's name, then each layer's
-own ``reset_parameters``, buffers zero; not the same numbers as :func:`diffprune.archs.build_denoiser`). The output is a plain
-diffusers component folder (``config.json``, sharded safetensors and their index) that ``from_pretrained`` loads.
+own ``reset_parameters``, buffers zero; not the same numbers as :func:`diffprune.archs.build_denoiser`). The output is a
+component folder with ``config.json`` and, with ``storage="dense"`` (the default), sharded plain safetensors and their
+index, which stock ``from_pretrained`` loads; with ``storage="bitmask"``, shards of diffprune's sparse format
+(:mod:`diffprune.weights.storage`), whose files shrink with the sparsity and which ``diffprune.load`` reads.
 """
 
 from __future__ import annotations
@@ -30,9 +32,11 @@ from diffprune._fs import MANIFEST, staged_dir
 from diffprune.errors import DiffpruneError
 from diffprune.weights.config import MagnitudeConfig
 from diffprune.weights.masks import allocate, apply_mask, select
+from diffprune.weights.storage import save_sparse_file, shard_name, write_sparse_index
 from diffprune.weights.targets import find_targets
 
 SHARD_BYTES = 2 * 2**30
+STORAGES = ("dense", "bitmask")
 
 
 @dataclass
@@ -124,16 +128,19 @@ def _random_tensors(model: nn.Module, seed: int, dtype) -> Iterator[tuple[str, t
 
 def stream_prune(source: str, out, config: MagnitudeConfig, *, dtype: str | torch.dtype | None = None,
                  include_conv: bool = False, seed: int = 0, overwrite: bool = False,
-                 shard_bytes: int = SHARD_BYTES, progress: bool = False) -> StreamResult:
+                 shard_bytes: int = SHARD_BYTES, storage: str = "dense", progress: bool = False) -> StreamResult:
     """Magnitude-prune the component ``source`` (a folder or ``random:<arch>``) into the folder ``out``, holding
     at most one tensor (or one block) and one output shard in memory. ``dtype`` converts what is written
-    (default: as stored; fp32 for random weights)."""
+    (default: as stored; fp32 for random weights). ``storage`` is ``"dense"`` (plain safetensors shards) or
+    ``"bitmask"`` (sparse shards); ``shard_bytes`` bounds a shard's dense size either way."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     from diffprune.precision import parse_dtype
 
     config.validate()
+    if storage not in STORAGES:
+        raise DiffpruneError(f"unknown storage '{storage}' (choose from {', '.join(STORAGES)})")
     if config.scope != "layer":
         raise DiffpruneError("streamed pruning works one tensor at a time: use scope 'layer'")
     start = time.perf_counter()
@@ -151,8 +158,11 @@ def stream_prune(source: str, out, config: MagnitudeConfig, *, dtype: str | torc
         def flush():
             nonlocal shard, shard_size
             if shard:
-                name = f"diffusion_pytorch_model-{len(files) + 1:05d}.safetensors"
-                save_file(shard, str(staging / name), metadata={"format": "pt"})
+                name = f"shard-{len(files) + 1:05d}.safetensors"
+                if storage == "bitmask":
+                    save_sparse_file(shard, staging / name, config.nm)
+                else:
+                    save_file(shard, str(staging / name), metadata={"format": "pt"})
                 files.append(name)
                 index.update({k: name for k in shard})
                 shard, shard_size = {}, 0
@@ -180,17 +190,22 @@ def stream_prune(source: str, out, config: MagnitudeConfig, *, dtype: str | torc
         missing = sorted(set(expected) - set(index))
         if missing:
             raise DiffpruneError(f"{source}: {len(missing)} tensors of the model are missing (e.g. '{missing[0]}')")
-        renamed = {old: f"diffusion_pytorch_model-{i + 1:05d}-of-{len(files):05d}.safetensors"
-                   for i, old in enumerate(files)}
+        final = shard_name if storage == "bitmask" else \
+            (lambda i, n: f"diffusion_pytorch_model-{i:05d}-of-{n:05d}.safetensors")
+        renamed = {old: final(i + 1, len(files)) for i, old in enumerate(files)}
         for old, new in renamed.items():
             (staging / old).rename(staging / new)
-        total = sum((staging / f).stat().st_size for f in renamed.values())
-        (staging / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
-            {"metadata": {"total_size": total}, "weight_map": {k: renamed[v] for k, v in sorted(index.items())}},
-            indent=2) + "\n", encoding="utf-8")
+        weight_map = {k: renamed[v] for k, v in sorted(index.items())}
+        if storage == "bitmask":
+            write_sparse_index(staging, weight_map)
+        else:
+            total = sum((staging / f).stat().st_size for f in renamed.values())
+            (staging / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
+                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n", encoding="utf-8")
         model.save_config(staging)
         (staging / MANIFEST).write_text(json.dumps({
             "format": "diffprune-stream", "source": str(source), "method": "magnitude", "pattern": config.pattern,
-            "sparsity": config.sparsity, "dtype": str(out_dtype or "as stored")}, indent=2) + "\n", encoding="utf-8")
+            "sparsity": config.sparsity, "dtype": str(out_dtype or "as stored"),
+            "storage": storage}, indent=2) + "\n", encoding="utf-8")
     return StreamResult(out=Path(out).expanduser().resolve(), params=params, pruned_weights=pruned, zeros=zeros,
                         shards=len(files), seconds=round(time.perf_counter() - start, 3))
