@@ -24,7 +24,7 @@ def test_reproduction_report_counts_a_tensor_only_one_side_holds(tmp_path, capsy
     reference = tmp_path / "reference"
     shutil.copytree(WEIGHTS_DIR, reference)
     evaluator = load_file(str(reference / "evaluator.safetensors"))
-    dropped = sorted(evaluator)[0]
+    dropped = min(evaluator)
     del evaluator[dropped]
     save_file(evaluator, str(reference / "evaluator.safetensors"))
 
