@@ -275,13 +275,30 @@ def test_a_damaged_sparse_index_is_refused_in_one_line(tmp_path):
         diffprune.load(out)
     (tmp_path / "elsewhere.safetensors").rename(out / first)
     diffprune.load(out)  # whole again
+    damaged = {
+        "../elsewhere.safetensors": "shard files in the folder",
+        "": "shard files in the folder",
+        "config.json": "shard files in the folder",
+        "a" * 300 + ".safetensors": "which is not in the folder",  # longer than a file name may be
+    }
     name = next(iter(index["weight_map"]))
-    index["weight_map"][name] = "../elsewhere.safetensors"
-    (out / SPARSE_INDEX).write_text(json.dumps(index))
-    with pytest.raises(diffprune.DiffpruneError, match="file names in the folder"):
+    for bad, message in damaged.items():
+        (out / SPARSE_INDEX).write_text(json.dumps({**index, "weight_map": {**index["weight_map"], name: bad}}))
+        with pytest.raises(diffprune.DiffpruneError, match=message):
+            diffprune.load(out)
+    # every tensor said to be in the first shard: the index no longer says what the shards hold
+    (out / SPARSE_INDEX).write_text(json.dumps({**index, "weight_map": {
+        **{k: first for k in index["weight_map"]}, "extra": sorted(set(index["weight_map"].values()))[-1]}}))
+    with pytest.raises(diffprune.DiffpruneError, match="does not list what"):
         diffprune.load(out)
-    del index["weight_map"][name]  # an index that leaves a shard out leaves its tensors unloaded
-    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != first}
-    (out / SPARSE_INDEX).write_text(json.dumps(index))
+    # an index that leaves a shard out leaves its tensors unloaded
+    (out / SPARSE_INDEX).write_text(json.dumps(
+        {**index, "weight_map": {k: v for k, v in index["weight_map"].items() if v != first}}))
     with pytest.raises(diffprune.DiffpruneError, match="some weights are missing"):
         diffprune.load(out)
+    (out / SPARSE_INDEX).write_text(json.dumps(index))
+    (out / "diffprune_sparse.safetensors").write_bytes((out / first).read_bytes())
+    with pytest.raises(diffprune.DiffpruneError, match="holds both"):
+        diffprune.load(out)
+    with pytest.raises(diffprune.DiffpruneError, match="sparse format; stream the dense folder"):
+        stream_prune(str(out), tmp_path / "again", weights.MagnitudeConfig(sparsity=0.5))

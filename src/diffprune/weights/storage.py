@@ -149,33 +149,52 @@ def shard_name(number: int, count: int) -> str:
     return f"diffprune_sparse-{number:05d}-of-{count:05d}.safetensors"
 
 
-def sparse_files(folder: str | Path) -> list[Path]:
-    """The sparse files of a component folder: its one file, or the shards its index lists (in order)."""
+def sparse_shards(folder: str | Path) -> list[tuple[Path, set[str] | None]]:
+    """The sparse files of a component folder, each with the tensor names its index says it holds (``None`` for
+    the one-file layout): the one file, or the shards the index lists, in order; ``[]`` for neither."""
     folder = Path(folder)
-    if (folder / SPARSE_FILE).is_file():
-        return [folder / SPARSE_FILE]
-    index = folder / SPARSE_INDEX
+    single, index = folder / SPARSE_FILE, folder / SPARSE_INDEX
+    if single.is_file() and index.is_file():
+        raise DiffpruneError(f"{folder} holds both {SPARSE_FILE} and {SPARSE_INDEX}; keep the one diffprune "
+                             "wrote last and remove the other")
+    if single.is_file():
+        return [(single, None)]
     if not index.is_file():
         return []
     try:
         weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise _corrupt(index, "not a JSON index with a weight_map") from None
-    if not isinstance(weight_map, dict) or not weight_map \
-            or not all(isinstance(v, str) and v == Path(v).name for v in weight_map.values()):
-        raise _corrupt(index, "its weight_map does not map tensors to file names in the folder")
-    files = [folder / name for name in sorted(set(weight_map.values()))]
-    absent = [f.name for f in files if not f.is_file()]
-    if absent:
-        raise _corrupt(index, f"it lists {absent[0]}, which is not in the folder")
-    return files
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(v, str) and v == Path(v).name and v.endswith(".safetensors") and v != SPARSE_FILE
+            for v in weight_map.values()):
+        raise _corrupt(index, "its weight_map does not map tensors to shard files in the folder")
+    shards: list[tuple[Path, set[str] | None]] = []
+    for name in sorted(set(weight_map.values())):
+        try:
+            present = (folder / name).is_file()
+        except (OSError, ValueError):  # a name the file system cannot hold
+            present = False
+        if not present:
+            raise _corrupt(index, f"it lists {name[:80]}, which is not in the folder")
+        shards.append((folder / name, {k for k, v in weight_map.items() if v == name}))
+    return shards
+
+
+def _read_shard(file: Path, listed: set[str] | None) -> dict[str, torch.Tensor]:
+    """One sparse file, decoded, checked against the tensor names the folder's index gives it."""
+    state = decode(file)
+    if listed is not None and set(state) != listed:
+        odd = sorted(set(state) ^ listed)[0]
+        raise _corrupt(file.parent / SPARSE_INDEX, f"it does not list what {file.name} holds (e.g. '{odd}')")
+    return state
 
 
 def read_folder(folder: str | Path) -> dict[str, torch.Tensor]:
     """All the weights of a sparse component folder (one file or shards), dense and bit-exact."""
     state: dict[str, torch.Tensor] = {}
-    for file in sparse_files(folder):
-        state.update(decode(file))
+    for file, listed in sparse_shards(folder):
+        state.update(_read_shard(file, listed))
     return state
 
 
@@ -226,8 +245,8 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
 
     folder = Path(folder)
     cls = _library_class(folder)
-    files = sparse_files(folder)
-    if not files:
+    shards = sparse_shards(folder)
+    if not shards:
         raise DiffpruneError(f"{folder} holds no {SPARSE_FILE} and no {SPARSE_INDEX}")
     if dtype is None and hasattr(cls, "load_config"):
         dtype = torch.float32  # what diffusers gives a dense folder loaded without a dtype (transformers: as stored)
@@ -241,8 +260,8 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
         raise DiffpruneError(f"cannot build the {cls.__name__} of {folder}: {first_line(e, 160)}") from None
     expected = set(model.state_dict())
     missing_keys: set[str] = set()
-    for number, file in enumerate(files):  # one shard in memory at a time, besides the model being filled
-        state = decode(file)
+    for number, (file, listed) in enumerate(shards):  # one shard in memory at a time, besides the model
+        state = _read_shard(file, listed)
         if dtype is not None:  # cast the tensors, not the module: loading then needs no dtype conversion pass
             state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         state = _match_prefix(state, expected)
@@ -260,7 +279,7 @@ def load_component(folder: str | Path, dtype: torch.dtype | None = None) -> nn.M
     params = dict(model.named_parameters(remove_duplicate=False))
     missing = sorted(k for k in missing_keys if k not in params or params[k].device.type == "meta")
     if missing or any(p.device.type == "meta" for p in model.parameters()):
-        where = files[0] if len(files) == 1 else folder / SPARSE_INDEX
+        where = shards[0][0] if len(shards) == 1 else folder / SPARSE_INDEX
         raise _corrupt(where, f"some weights are missing (e.g. '{(missing or ['?'])[0]}')")
     return model.eval().requires_grad_(False)
 

@@ -32,7 +32,7 @@ from diffprune._fs import MANIFEST, staged_dir
 from diffprune.errors import DiffpruneError
 from diffprune.weights.config import MagnitudeConfig
 from diffprune.weights.masks import allocate, apply_mask, select
-from diffprune.weights.storage import save_sparse_file, shard_name, write_sparse_index
+from diffprune.weights.storage import is_sparse_folder, save_sparse_file, shard_name, write_sparse_index
 from diffprune.weights.targets import find_targets
 
 SHARD_BYTES = 2 * 2**30
@@ -69,6 +69,8 @@ def _meta_model(source: str):
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None or not hasattr(cls, "from_config"):
         raise DiffpruneError(f"{config_file} describes a '{config.get('_class_name')}', not a diffusers model")
+    if is_sparse_folder(folder):
+        raise DiffpruneError(f"{folder} is stored in diffprune's sparse format; stream the dense folder instead")
     if not sorted(folder.glob("*.safetensors")):
         raise DiffpruneError(f"{folder} holds no safetensors weights (streaming reads safetensors only)")
     with torch.device("meta"):
