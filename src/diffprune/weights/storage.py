@@ -144,11 +144,6 @@ def decode(file: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def shard_name(number: int, count: int) -> str:
-    """The file name of shard ``number`` (from 1) of ``count`` in a sharded sparse component."""
-    return f"diffprune_sparse-{number:05d}-of-{count:05d}.safetensors"
-
-
 def sparse_shards(folder: str | Path) -> list[tuple[Path, set[str] | None]]:
     """The sparse files of a component folder, each with the tensor names its index says it holds (``None`` for
     the one-file layout): the one file, or the shards the index lists, in order; ``[]`` for neither."""
@@ -169,15 +164,18 @@ def sparse_shards(folder: str | Path) -> list[tuple[Path, set[str] | None]]:
             isinstance(v, str) and v == Path(v).name and v.endswith(".safetensors") and v != SPARSE_FILE
             for v in weight_map.values()):
         raise _corrupt(index, "its weight_map does not map tensors to shard files in the folder")
+    held: dict[str, set[str]] = {}
+    for tensor, name in weight_map.items():
+        held.setdefault(name, set()).add(tensor)
     shards: list[tuple[Path, set[str] | None]] = []
-    for name in sorted(set(weight_map.values())):
+    for name in sorted(held):
         try:
             present = (folder / name).is_file()
         except (OSError, ValueError):  # a name the file system cannot hold
             present = False
         if not present:
             raise _corrupt(index, f"it lists {name[:80]}, which is not in the folder")
-        shards.append((folder / name, {k for k, v in weight_map.items() if v == name}))
+        shards.append((folder / name, held[name]))
     return shards
 
 
@@ -185,7 +183,7 @@ def _read_shard(file: Path, listed: set[str] | None) -> dict[str, torch.Tensor]:
     """One sparse file, decoded, checked against the tensor names the folder's index gives it."""
     state = decode(file)
     if listed is not None and set(state) != listed:
-        odd = sorted(set(state) ^ listed)[0]
+        odd = min(set(state) ^ listed)
         raise _corrupt(file.parent / SPARSE_INDEX, f"it does not list what {file.name} holds (e.g. '{odd}')")
     return state
 
@@ -209,13 +207,13 @@ def save_sparse_file(state: dict[str, torch.Tensor], file: str | Path,
     return len(json.loads(metadata["sparse"]))
 
 
-def write_sparse_index(folder: str | Path, weight_map: dict[str, str]) -> None:
-    """Write the index of a sharded sparse component (``weight_map``: dense tensor name -> shard file name)."""
-    folder = Path(folder)
-    total = sum((folder / name).stat().st_size for name in set(weight_map.values()))
-    (folder / SPARSE_INDEX).write_text(json.dumps(
-        {"metadata": {"format": FORMAT, "version": VERSION, "total_size": total},
-         "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n", encoding="utf-8")
+def write_shard_index(file: str | Path, weight_map: dict[str, str], **metadata) -> None:
+    """Write the index of a sharded component in diffusers' layout (``weight_map``: tensor name -> shard file
+    name in the index's folder); ``metadata`` joins the shards' ``total_size``."""
+    file = Path(file)
+    total = sum((file.parent / name).stat().st_size for name in set(weight_map.values()))
+    file.write_text(json.dumps({"metadata": {**metadata, "total_size": total},
+                                "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n", encoding="utf-8")
 
 
 def _library_class(folder: Path):

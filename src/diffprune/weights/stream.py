@@ -32,7 +32,13 @@ from diffprune._fs import MANIFEST, staged_dir
 from diffprune.errors import DiffpruneError
 from diffprune.weights.config import MagnitudeConfig
 from diffprune.weights.masks import allocate, apply_mask, select
-from diffprune.weights.storage import is_sparse_folder, save_sparse_file, shard_name, write_sparse_index
+from diffprune.weights.storage import (
+    FORMAT,
+    VERSION,
+    is_sparse_folder,
+    save_sparse_file,
+    write_shard_index,
+)
 from diffprune.weights.targets import find_targets
 
 SHARD_BYTES = 2 * 2**30
@@ -192,18 +198,12 @@ def stream_prune(source: str, out, config: MagnitudeConfig, *, dtype: str | torc
         missing = sorted(set(expected) - set(index))
         if missing:
             raise DiffpruneError(f"{source}: {len(missing)} tensors of the model are missing (e.g. '{missing[0]}')")
-        final = shard_name if storage == "bitmask" else \
-            (lambda i, n: f"diffusion_pytorch_model-{i:05d}-of-{n:05d}.safetensors")
-        renamed = {old: final(i + 1, len(files)) for i, old in enumerate(files)}
+        stem = "diffprune_sparse" if storage == "bitmask" else "diffusion_pytorch_model"
+        renamed = {old: f"{stem}-{i + 1:05d}-of-{len(files):05d}.safetensors" for i, old in enumerate(files)}
         for old, new in renamed.items():
             (staging / old).rename(staging / new)
-        weight_map = {k: renamed[v] for k, v in sorted(index.items())}
-        if storage == "bitmask":
-            write_sparse_index(staging, weight_map)
-        else:
-            total = sum((staging / f).stat().st_size for f in renamed.values())
-            (staging / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(
-                {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n", encoding="utf-8")
+        write_shard_index(staging / f"{stem}.safetensors.index.json", {k: renamed[v] for k, v in index.items()},
+                          **({"format": FORMAT, "version": VERSION} if storage == "bitmask" else {}))
         model.save_config(staging)
         (staging / MANIFEST).write_text(json.dumps({
             "format": "diffprune-stream", "source": str(source), "method": "magnitude", "pattern": config.pattern,
