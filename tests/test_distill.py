@@ -238,3 +238,17 @@ def test_cli_distill_loads_the_teacher_with_the_source_options(tmp_path, monkeyp
     (_, student), (teacher_source, teacher) = calls
     assert teacher_source == "random:tiny-sd" and teacher == student
     assert teacher["dtype"] == "bf16" and teacher["verify"] is False
+
+
+@pytest.mark.parametrize("extra", [["--teacher", "shapes"], ["--teacher", "random:tiny-pixart", "--mixed-precision", "fp16"]])
+def test_cli_distill_refused_pair_writes_nothing(tmp_path, capsys, extra):
+    """A student and teacher that cannot be trained together are refused before the run folder is made (it used
+    to hold cached latents and a run marker, so that the corrected command was then refused too)."""
+    from diffprune.cli import main
+
+    out = tmp_path / "out"
+    argv = ["distill", "random:tiny-pixart", *extra, "--data", "shapes", "--quick", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists() and not (tmp_path / "out-work").exists()

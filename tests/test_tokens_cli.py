@@ -36,6 +36,16 @@ def test_generate_writes_one_grid_and_the_same_seed_gives_the_same_pixels(tmp_pa
     assert main([*args, "--out", str(tmp_path / "a.png"), "--overwrite"]) == 0
 
 
+@pytest.mark.parametrize("source", ["random:tiny-pixart", "random:tiny-sana"])
+def test_generate_draws_a_dit_at_the_size_asked(tmp_path, capsys, source):
+    # PixArt and Sana snap the size to aspect-ratio bins unless told not to; 64 is off every bin.
+    out = tmp_path / "dit.png"
+    assert main(["generate", source, "--prompt", "a red circle", "--steps", "2", "--resolution", "64",
+                 "--out", str(out)]) == 0
+    assert Image.open(out).size == (64, 64)
+    assert "at 64x64" in capsys.readouterr().out
+
+
 def test_eval_with_tokens_applies_them(tmp_path, capsys):
     def fd(extra):
         out = tmp_path / f"m{len(extra)}.json"

@@ -107,7 +107,7 @@ def run(args) -> int:
 
     from diffprune import save
     from diffprune._fs import check_outputs
-    from diffprune.distill import DistillData, distill, feature_spread, plot_terms
+    from diffprune.distill import DistillData, check_run, distill, feature_spread, plot_terms
     from diffprune.report import Report
 
     from diffprune.distill import check_data_spec
@@ -126,6 +126,7 @@ def run(args) -> int:
 
         shutil.rmtree(work)
     student, teacher = load_source(args), load_source(args, args.teacher)  # the same dtype and checks
+    check_run(student, teacher, config)  # a refused pair leaves no run folder behind
     if state.is_main_process:  # the main process builds the data once; the others read its cache
         data = _data(args, teacher, work, args.quick)
         work.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ def run(args) -> int:
     import torch
 
     from diffprune._fs import atomic_write_bytes, check_outputs
+    from diffprune.anatomy import call_options
     from diffprune.errors import DiffpruneError
     from diffprune.evaluate.generate import image_size, to_pil
     from diffprune.io import input_folder
@@ -56,7 +57,8 @@ def run(args) -> int:
     start = time.perf_counter()
     with torch.inference_mode():
         images = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                      height=side, width=side, generator=generators, output_type="pt").images
+                      height=side, width=side, generator=generators, output_type="pt",
+                      **call_options(pipe)).images
     seconds = time.perf_counter() - start
     png = image_grid_png(to_pil(images), columns=len(args.prompt) if len(args.prompt) <= 8 else 8)
     atomic_write_bytes(out, png, overwrite=args.overwrite, protect=[*input_paths(args), input_folder(pipe)])

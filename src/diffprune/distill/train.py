@@ -81,6 +81,22 @@ def check_pipelines(student, teacher=None) -> None:
 
 
 @functools.lru_cache(maxsize=4)
+def check_run(student, teacher, config: DistillConfig | None = None) -> list[tuple[str, str]]:
+    """Everything :func:`distill` refuses, checked without training (a command checks it before it writes
+    anything): the pipelines, what this machine offers for ``config``, and the feature sites. Returns the
+    ``(student, teacher)`` feature-site pairs (none when ``config`` uses no feature loss)."""
+    config = config or DistillConfig()
+    check_pipelines(student, teacher)
+    cuda = torch.cuda.is_available()
+    if config.optimizer == "adamw8bit" and not cuda:
+        raise DiffpruneError("8-bit AdamW needs a CUDA GPU and bitsandbytes")
+    if config.mixed_precision == "fp16" and not cuda:
+        raise DiffpruneError("fp16 mixed precision needs a CUDA GPU; use bf16 on a CPU")
+    if config.feature_kd == "none" or config.lambda_feat <= 0:
+        return []
+    return matched_sites(denoiser_of(student), denoiser_of(teacher), config.features, history_of(student))
+
+
 def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch (every epoch reshuffled from the seed)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
@@ -148,15 +164,11 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     from tqdm.auto import tqdm
 
     config = config or DistillConfig()
-    check_pipelines(student, teacher)
+    pairs = check_run(student, teacher, config)
     work = Path(work_dir) if work_dir is not None else None
     if (resume or config.checkpoint_every or stop_after) and work is None:
         raise DiffpruneError("checkpoints and resuming need a work folder")
     cuda = torch.cuda.is_available()
-    if config.optimizer == "adamw8bit" and not cuda:
-        raise DiffpruneError("8-bit AdamW needs a CUDA GPU and bitsandbytes")
-    if config.mixed_precision == "fp16" and not cuda:
-        raise DiffpruneError("fp16 mixed precision needs a CUDA GPU; use bf16 on a CPU")
     resume_from = _resume_folder(work, resume) if resume else None
     try:  # CPU-only machines join the process group over gloo (accelerate only does so when asked for the CPU)
         accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not cuda)
@@ -170,8 +182,7 @@ def distill(student, teacher, data: DistillData, config: DistillConfig | None = 
     start_time = time.perf_counter()
     unet, t_unet = denoiser_of(student), denoiser_of(teacher)
     den = Denoising.of(student)
-    use_features = config.feature_kd != "none" and config.lambda_feat > 0
-    pairs = matched_sites(unet, t_unet, config.features, history_of(student)) if use_features else []
+    use_features = bool(pairs)
     sites = [s for s, _ in pairs]
     needs_teacher = config.lambda_out > 0 or use_features
     noise_sched = DDPMScheduler.from_config(teacher.scheduler.config)
