@@ -20,6 +20,9 @@ PUBLISHED = {
     "sana-600m": 591_747_872, "sana-1600m": 1_604_462_752,
 }
 T5_XXL_ENCODER = 4_762_310_656
+#: published text-encoder sizes: CLIP ViT-L/14's text tower (123 060 480) with its 768 x 768 projection, as SD3
+#: loads it; OpenCLIP bigG's text tower with projection; Gemma-2-2B
+CLIP_L, CLIP_L_PROJECTED, CLIP_G, GEMMA2_2B = 123_060_480, 123_650_304, 694_659_840, 2_614_341_888
 TINY = ("tiny-pixart", "tiny-sd3", "tiny-sd35", "tiny-flux", "tiny-sana")
 
 
@@ -156,6 +159,24 @@ def test_tiny_pipelines_draw_save_and_reload_bit_identically(name, tmp_path):
     for key in ("transformer", "vae", "text_encoder"):
         a, b = getattr(pipe, key).state_dict(), getattr(back, key).state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("name, encoders", [
+    ("sd3-medium", {"text_encoder": CLIP_L_PROJECTED, "text_encoder_2": CLIP_G, "text_encoder_3": T5_XXL_ENCODER}),
+    ("flux-dev", {"text_encoder": CLIP_L, "text_encoder_2": T5_XXL_ENCODER}),
+    ("sana-600m", {"text_encoder": GEMMA2_2B}),
+])
+def test_measure_command_gives_the_exact_published_counts(name, encoders, tmp_path):
+    import json
+
+    from diffprune.cli import main
+
+    out = tmp_path / "m.json"
+    assert main(["measure", f"random:{name}", "--resolution", "1024", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["transformer_params"] == PUBLISHED[name] and data["resolution"] == 1024
+    assert {k: data[f"{k}_params"] for k in encoders} == encoders
+    assert data["transformer_attention_tflops"] > 0
 
 
 def test_random_builds_are_seeded():
