@@ -232,3 +232,18 @@ def test_sana_text_encoder_reads_the_instruction_too():
     m = measure_pipeline(pipe, resolution=archs.arch_spec("tiny-sana")["resolution"])
     by_hand = count_flops(pipe.text_encoder, **text_encoder_inputs(pipe.text_encoder, text_length=seen[0])).total
     assert m.text_encoder_flops["text_encoder"].total == by_hand
+
+
+def test_info_shows_a_transformers_parameters_by_role(capsys):
+    from diffprune.cli import main
+    from diffprune.measure import parameter_roles
+
+    assert main(["info", "random:flux-dev"]) == 0
+    out = capsys.readouterr().out
+    roles = parameter_roles(archs.build_denoiser("flux-dev", device="meta"))
+    assert sum(roles.values()) == PUBLISHED["flux-dev"]
+    d = 3072  # the AdaLN layers, counted by hand as in the modulation test above
+    assert roles["modulation"] == 19 * 2 * (6 * d * d + 6 * d) + 38 * (3 * d * d + 3 * d) + 2 * d * d + 2 * d
+    assert f"modulation       {roles['modulation']:,}" in out and "27.3%" in out
+    assert main(["info", "random:tiny-sd"]) == 0
+    assert "by role" not in capsys.readouterr().out  # U-Nets have no such split

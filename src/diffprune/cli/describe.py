@@ -38,6 +38,23 @@ def _print_params(params) -> None:
         print(f"  {name:<16}{c.class_name:<30}{c.params:>16,}{_fmt_count(c.nonzero):>16}  {c.dtype}")
 
 
+def _print_roles(obj) -> None:
+    """A transformer's parameters by role: AdaLN modulation holds many and costs almost no FLOPs per call
+    (``measure`` gives the FLOPs side)."""
+    from diffprune.anatomy import denoiser_of, is_transformer
+    from diffprune.measure import parameter_roles
+
+    model = denoiser_of(obj)
+    if not is_transformer(model):
+        return
+    roles = parameter_roles(model)
+    total = sum(roles.values()) or 1
+    print("  transformer parameters by role (`measure` adds each role's share of FLOPs):")
+    for role, n in roles.items():
+        if n:
+            print(f"    {role:<15}{n:>15,}  {n / total:7.1%}")
+
+
 def run_info(args) -> int:
     from diffprune.anatomy import is_denoiser, is_module, is_unet
     from diffprune.archs.family import detect_family
@@ -54,6 +71,8 @@ def run_info(args) -> int:
         print(f"{args.source}: {family.label} ({kind}), native resolution {default_resolution(obj)}px"
               + (f", scheduler {type(scheduler).__name__}" if scheduler is not None else ""))
     _print_params(count_params(obj))
+    if not is_module(obj) or is_denoiser(obj):
+        _print_roles(obj)
     path = Path(args.source).expanduser()
     if path.is_dir():
         usage = disk_usage(path)

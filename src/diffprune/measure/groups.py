@@ -60,15 +60,21 @@ def _module_path(param_name: str) -> str:
     return param_name.rpartition(".")[0] if not param_name.endswith("scale_shift_table") else param_name
 
 
-def parameter_groups(model: nn.Module, inputs: dict) -> dict[str, RoleShare]:
-    """Parameters and FLOPs of one call ``model(**inputs)`` by role (counted on ``meta``). FLOPs of a leaf module
-    (a Linear, a convolution) go to its role; attention matmuls go to ``attention``."""
+def parameter_roles(model: nn.Module) -> dict[str, int]:
+    """Parameters by role (each shared tensor once); needs no forward call, so it works for any model."""
     params = {role: 0 for role in ROLES}
     seen: set[int] = set()
     for name, p in model.named_parameters():
         if id(p) not in seen:
             seen.add(id(p))
             params[role_of(_module_path(name))] += p.numel()
+    return params
+
+
+def parameter_groups(model: nn.Module, inputs: dict) -> dict[str, RoleShare]:
+    """Parameters and FLOPs of one call ``model(**inputs)`` by role (counted on ``meta``). FLOPs of a leaf module
+    (a Linear, a convolution) go to its role; attention matmuls go to ``attention``."""
+    params = parameter_roles(model)
     state = meta_state(model)
     with torch.no_grad(), flop_counter() as counter:
         torch.func.functional_call(model, state, (), to_meta(inputs), tie_weights=True, strict=False)
