@@ -88,7 +88,8 @@ def test_every_method_prunes_a_flux_transformer_and_its_t5(flux, method, config)
 
 
 def test_calibration_weights_each_transformer_call_by_its_step(flux):
-    """Wanda's column norms are the step-weighted mean over every transformer call of the sampling run."""
+    """Wanda's column norms and SparseGPT's Hessian are step-weighted means over every transformer call of the
+    sampling run (OBS-Diff's timestep-weighted calibration)."""
     from diffprune.weights.calibrate import Collector, run_sampling
 
     pipe = copy.deepcopy(flux)
@@ -96,16 +97,22 @@ def test_calibration_weights_each_transformer_call_by_its_step(flux):
     seen = []
     handle = target.module.register_forward_hook(lambda _m, args, _o: seen.append(args[0].detach().clone()))
     config = weights.CalibrationConfig(num_prompts=1, steps=3, batch_size=1)
-    collector = Collector([target], hessian=False)
+    collector = Collector([target], hessian=True)
     with collector:
         run_sampling(pipe, config, collector)
     handle.remove()
     assert len(seen) == 3  # one call per step (FLUX.1-dev distils guidance: no doubled batch)
     w = config.step_weights()
-    colsq = sum(wk * x.reshape(-1, x.shape[-1]).double().pow(2).sum(0) for wk, x in zip(w, seen))
-    rows = sum(wk * x.reshape(-1, x.shape[-1]).shape[0] for wk, x in zip(w, seen))
-    expected = (colsq / rows).sqrt().float()
-    assert torch.allclose(collector.stats[target.name].column_norms(), expected, rtol=1e-5)
+    assert w[0] > w[1] > w[2]  # the noisiest step weighs most
+    xs = [x.reshape(-1, x.shape[-1]).double() for x in seen]
+    rows = sum(wk * x.shape[0] for wk, x in zip(w, xs))
+    colsq = sum(wk * x.pow(2).sum(0) for wk, x in zip(w, xs))
+    stats = collector.stats[target.name]
+    assert torch.allclose(stats.column_norms(), (colsq / rows).sqrt().float(), rtol=1e-5)
+    gram = sum(wk * x.T @ x for wk, x in zip(w, xs))
+    assert torch.allclose(stats.hessian().double(), 2 * gram / rows, rtol=1e-4, atol=1e-6)
+    uniform = sum(x.T @ x for x in xs) * 2 / sum(x.shape[0] for x in xs)
+    assert not torch.allclose(stats.hessian().double(), uniform, rtol=1e-3)  # the weighting shows
 
 
 def test_bitmask_storage_shrinks_a_pruned_dit_and_reloads_it_exactly(flux, tmp_path):
