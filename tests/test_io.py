@@ -252,3 +252,52 @@ def test_build_unet_alone_matches_the_pipeline_unet():
     a = build_unet("tiny-sd", seed=3).state_dict()
     b = diffprune.load("random:tiny-sd", seed=3).unet.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _sana_original_layout(transformer) -> dict:
+    """The tiny Sana transformer's weights in the layout of Sana's own training repository (the inverse of the
+    key mapping diffusers' single-file loader applies), as a released .pth/.safetensors holds them."""
+    sd = {k: v.clone() for k, v in transformer.state_dict().items()}
+    out = {"pos_embed": torch.zeros(1, 1, 1), "y_embedder.y_embedding": torch.zeros(1, 1)}  # read, then dropped
+    rename = {"patch_embed.proj": "x_embedder.proj", "time_embed.emb.timestep_embedder.linear_1": "t_embedder.mlp.0",
+              "time_embed.emb.timestep_embedder.linear_2": "t_embedder.mlp.2", "time_embed.linear": "t_block.1",
+              "caption_projection.linear_1": "y_embedder.y_proj.fc1", "caption_projection.linear_2":
+              "y_embedder.y_proj.fc2", "caption_norm": "attention_y_norm", "proj_out": "final_layer.linear"}
+    for new, old in rename.items():
+        for kind in ("weight", "bias"):
+            if f"{new}.{kind}" in sd:
+                out[f"{old}.{kind}"] = sd.pop(f"{new}.{kind}")
+    out["final_layer.scale_shift_table"] = sd.pop("scale_shift_table")
+    for i in range(len(transformer.transformer_blocks)):
+        b, o = f"transformer_blocks.{i}.", f"blocks.{i}."
+        out[o + "scale_shift_table"] = sd.pop(b + "scale_shift_table")
+        out[o + "attn.qkv.weight"] = torch.cat([sd.pop(b + f"attn1.to_{x}.weight") for x in "qkv"])
+        for kind in ("weight", "bias"):
+            out[o + f"attn.proj.{kind}"] = sd.pop(b + f"attn1.to_out.0.{kind}")
+            out[o + f"cross_attn.q_linear.{kind}"] = sd.pop(b + f"attn2.to_q.{kind}")
+            out[o + f"cross_attn.kv_linear.{kind}"] = torch.cat([sd.pop(b + f"attn2.to_{x}.{kind}") for x in "kv"])
+            out[o + f"cross_attn.proj.{kind}"] = sd.pop(b + f"attn2.to_out.0.{kind}")
+            out[o + f"mlp.inverted_conv.conv.{kind}"] = sd.pop(b + f"ff.conv_inverted.{kind}")
+            out[o + f"mlp.depth_conv.conv.{kind}"] = sd.pop(b + f"ff.conv_depth.{kind}")
+        out[o + "mlp.point_conv.conv.weight"] = sd.pop(b + "ff.conv_point.weight")
+    assert not sd, f"unmapped: {sorted(sd)}"
+    return out
+
+
+def test_a_sana_transformer_file_loads_into_the_pipeline_of_its_config(tmp_path, offline_hub):
+    """diffusers converts a Sana transformer (not a whole pipeline) from one file; the rest comes from --config."""
+    from diffprune.cli import main
+
+    reference = diffprune.load("random:tiny-sana", seed=5)
+    config = tmp_path / "sana"
+    diffprune.save(diffprune.load("random:tiny-sana", seed=6), config)  # same architecture, other weights
+    ckpt = tmp_path / "sana_transformer.safetensors"
+    save_file({k: v.contiguous() for k, v in _sana_original_layout(reference.transformer).items()}, ckpt)
+    pipe = diffprune.load(ckpt, config=str(config))
+    assert type(pipe).__name__ == "SanaPipeline" and pipe._diffprune == {"source": str(ckpt), "history": []}
+    a, b = reference.transformer.state_dict(), pipe.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert pipe.transformer.dtype == torch.float32
+    with pytest.raises(DiffpruneError, match="holds a Sana transformer only; pass config="):
+        diffprune.load(ckpt)
+    assert main(["info", str(ckpt), "--config", str(config)]) == 0

@@ -179,17 +179,20 @@ def _check_complete(module, folder: Path) -> None:
 
 def _single_file_pipeline(path: Path, keys: list[str]) -> str:
     """The pipeline class a single-file checkpoint belongs to, read from its key names (the original training
-    repositories' layouts, which diffusers' ``from_single_file`` converts): SD-1/2 and SD-XL, SD3/3.5 (``joint_blocks``)
-    and Flux (``double_blocks``, a transformer-only file or a whole checkpoint)."""
+    repositories' layouts, which diffusers' ``from_single_file`` converts): SD-1/2 and SD-XL, SD3/3.5 (``joint_blocks``),
+    Flux (``double_blocks``, a transformer-only file or a whole checkpoint) and Sana (a transformer: Mix-FFN
+    ``mlp.inverted_conv`` in its ``blocks``)."""
     bare = [k.removeprefix("model.diffusion_model.") for k in keys]
     if any(k.startswith("joint_blocks.") for k in bare):
         return "StableDiffusion3Pipeline"
     if any(k.startswith("double_blocks.") for k in bare):
         return "FluxPipeline"
+    if any(k.startswith("blocks.") and ".mlp.inverted_conv." in k for k in bare):
+        return "SanaPipeline"
     if not any(k.startswith("model.diffusion_model.") for k in keys):
         raise DiffpruneError(f"{path} is not a checkpoint diffprune can read (no Stable Diffusion "
-                             "'model.diffusion_model.' weights, no SD3 'joint_blocks', no Flux 'double_blocks'); "
-                             "PixArt and Sana load from diffusers folders or Hub ids")
+                             "'model.diffusion_model.' weights, no SD3 'joint_blocks', no Flux 'double_blocks', "
+                             "no Sana blocks); PixArt loads from diffusers folders or Hub ids")
     if any(k.startswith("conditioner.embedders.1.") for k in keys):
         return "StableDiffusionXLPipeline"
     return "StableDiffusionPipeline"
@@ -215,7 +218,10 @@ def _load_single_file(path: Path, dtype, config: str | None):
         if not isinstance(state, dict):
             raise DiffpruneError(f"{path} does not hold a state dict")
         keys = [str(k) for k in state]
-    cls = getattr(diffusers, _single_file_pipeline(path, keys))
+    cls_name = _single_file_pipeline(path, keys)
+    if cls_name == "SanaPipeline":
+        return _load_sana_file(path, dtype, config)
+    cls = getattr(diffusers, cls_name)
     kwargs = dict(dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
     if config is not None:  # diffusers reads the component classes from its model_index.json: check it first
         folder = Path(config).expanduser()
@@ -238,6 +244,31 @@ def _load_single_file(path: Path, dtype, config: str | None):
             "tokenizer come from the matching Hub model; when offline pass config=<diffusers folder or cached "
             "Hub id of the same architecture> (CLI: --config)"
         ) from None
+
+
+def _load_sana_file(path: Path, dtype, config: str | None):
+    """A Sana transformer checkpoint (diffusers converts only the transformer from one file): the rest of the
+    pipeline, and the transformer's config, come from ``config``, loaded with every check a folder or Hub id gets."""
+    from diffusers import SanaTransformer2DModel
+
+    if config is None:
+        raise DiffpruneError(f"{path} holds a Sana transformer only; pass config=<a Sana diffusers folder or "
+                             "Hub id> for its config and the rest of the pipeline (CLI: --config)")
+    pipe = _load_source(config, dtype=dtype, device=None, component=None, seed=0, config=None, cache_dir=None,
+                        verify=True)
+    if type(pipe).__name__ != "SanaPipeline":
+        raise DiffpruneError(f"{path} is a Sana transformer, but config {config} is a {type(pipe).__name__}")
+    folder = Path(config).expanduser()
+    try:
+        transformer = SanaTransformer2DModel.from_single_file(
+            str(path), config=str(folder) if folder.is_dir() else config, subfolder="transformer",
+            local_files_only=True, **dtype_kwargs(dtype if dtype is not None else pipe.transformer.dtype))
+    except Exception as e:  # shapes that do not match the config, a truncated file
+        raise DiffpruneError(f"cannot load the Sana transformer in {path} with the config of {config}: "
+                             f"{first_line(e)}") from None
+    pipe.register_modules(transformer=transformer)
+    pipe._diffprune = {"source": str(path), "history": []}  # not the config's own record
+    return pipe
 
 
 def _checked_hub_index(repo_id: str, cache_dir: str | None, local_only: bool,
