@@ -3,7 +3,8 @@
 - ``model_index.json`` entries must name classes of the installed diffusers or transformers, so loading a folder
   never imports code from it;
 - a saved folder's manifest records a SHA-256 of every file, verified on load (bit flips, truncation);
-- weights holding NaN or infinity are refused (they would give black images, or be copied into a pruned model).
+- weights holding NaN or infinity are refused (they would give black images, or be copied into a pruned model);
+- a folder whose weight files lack tensors the model expects is refused (the libraries would fill them randomly).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from diffprune._fs import MANIFEST
 from diffprune.anatomy import is_module, model_components
-from diffprune.errors import DiffpruneError
+from diffprune.errors import DiffpruneError, first_line
 
 _PIPELINE_MODULE_LIBRARIES = ("stable_diffusion", "stable_diffusion_xl")  # e.g. SD-1.5's safety checker
 
@@ -155,3 +156,31 @@ def check_finite(obj) -> None:
                 raise DiffpruneError(f"{where} '{name}' holds NaN or infinite values (a damaged checkpoint, or "
                                      "values too large for the dtype asked for); pass --allow-nonfinite to load "
                                      "it anyway")
+
+
+def check_complete(module, folder: Path) -> None:
+    """Refuse a folder whose weight files lack tensors the model expects.
+
+    diffusers and transformers fill missing weights with random values and only log a warning; a pruned or
+    hand-edited folder must never load that way.
+    """
+    from safetensors import safe_open
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
+    stored: set[str] = set()
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                stored.update(handle.keys())
+        except Exception as e:  # safetensors raises its own types for truncated or garbled files
+            raise DiffpruneError(f"{file} is not a readable safetensors file ({first_line(e, 160)})") from None
+    aliases: dict[object, list[str]] = {}  # tied weights (T5's embed_tokens = shared) are saved under one name
+    for key, tensor in module.state_dict(keep_vars=True).items():
+        ident = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else key
+        aliases.setdefault(ident, []).append(key)
+    missing = [names[0] for names in aliases.values() if not any(k in stored for k in names)]
+    if missing:
+        raise DiffpruneError(f"{folder}: {len(missing)} weights are missing from the saved files "
+                             f"(e.g. '{missing[0]}'); loading would silently use random values")

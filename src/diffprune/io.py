@@ -21,7 +21,7 @@ from diffprune.anatomy import model_components
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
-from diffprune.integrity import check_finite, check_model_index, check_no_code, verify_checksums
+from diffprune.integrity import check_complete, check_finite, check_model_index, check_no_code, verify_checksums
 from diffprune.measure.runtime import reapply_runtime_patches
 from diffprune.precision import dtype_kwargs, one_precision, parse_dtype
 
@@ -91,7 +91,7 @@ def _load_component_folder(folder: Path, config: dict, dtype):
         model = cls.from_pretrained(folder)
     except Exception as e:  # a user's folder: any failure to parse it is reported, not raised
         raise DiffpruneError(f"cannot load the {name} in {folder}: {first_line(e)}") from None
-    _check_complete(model, folder)
+    check_complete(model, folder)
     if dtype is not None:
         model.to(dtype)
     return model.eval().requires_grad_(False)
@@ -121,7 +121,7 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patc
         raise DiffpruneError(f"cannot load the pipeline in {folder}: {first_line(e)}") from None
     for name, module in model_components(pipe).items():
         if name not in stored:  # components in diffprune's formats were loaded strictly already
-            _check_complete(module, folder / name)
+            check_complete(module, folder / name)
     if manifest is not None:
         pipe._diffprune = {"source": str(folder), "history": manifest.get("history", [])}
         if runtime_patches:
@@ -147,34 +147,6 @@ def _read_manifest(folder: Path) -> dict | None:
 
 def _listed_components(index: dict) -> list[str]:
     return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None]
-
-
-def _check_complete(module, folder: Path) -> None:
-    """Refuse a folder whose weight files lack tensors the model expects.
-
-    diffusers and transformers fill missing weights with random values and only log a warning; a pruned or
-    hand-edited folder must never load that way.
-    """
-    from safetensors import safe_open
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return  # pickle-era .bin weights: no cheap way to list keys; the libraries check shapes
-    stored: set[str] = set()
-    for file in files:
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                stored.update(handle.keys())
-        except Exception as e:  # safetensors raises its own types for truncated or garbled files
-            raise DiffpruneError(f"{file} is not a readable safetensors file ({first_line(e, 160)})") from None
-    aliases: dict[object, list[str]] = {}  # tied weights (T5's embed_tokens = shared) are saved under one name
-    for key, tensor in module.state_dict(keep_vars=True).items():
-        ident = (tensor.data_ptr(), tensor.shape, tensor.dtype) if tensor.numel() else key
-        aliases.setdefault(ident, []).append(key)
-    missing = [names[0] for names in aliases.values() if not any(k in stored for k in names)]
-    if missing:
-        raise DiffpruneError(f"{folder}: {len(missing)} weights are missing from the saved files "
-                             f"(e.g. '{missing[0]}'); loading would silently use random values")
 
 
 def _single_file_pipeline(path: Path, keys: list[str]) -> str:
