@@ -301,3 +301,21 @@ def test_a_sana_transformer_file_loads_into_the_pipeline_of_its_config(tmp_path,
     with pytest.raises(DiffpruneError, match="holds a Sana transformer only; pass config="):
         diffprune.load(ckpt)
     assert main(["info", str(ckpt), "--config", str(config)]) == 0
+
+
+@pytest.mark.parametrize("arch", ["tiny-pixart", "tiny-flux"])
+def test_a_cached_hub_id_of_a_dit_loads_offline(arch, tmp_path, offline_hub):
+    """A Hub id found in the Hugging Face cache (laid out as huggingface_hub lays it out) loads offline, checked."""
+    reference = diffprune.load(f"random:{arch}", seed=2)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / f"models--diffprune-test--{arch}"
+    reference.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    pipe = diffprune.load(f"diffprune-test/{arch}", cache_dir=str(tmp_path / "cache"))
+    assert type(pipe) is type(reference)
+    a, b = reference.transformer.state_dict(), pipe.transformer.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    (repo / "snapshots" / commit / "transformer" / "attention.py").write_text("import os\n")
+    with pytest.raises(DiffpruneError, match="attention.py"):  # code in the cached snapshot is refused
+        diffprune.load(f"diffprune-test/{arch}", cache_dir=str(tmp_path / "cache"))
