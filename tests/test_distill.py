@@ -252,3 +252,16 @@ def test_cli_distill_refused_pair_writes_nothing(tmp_path, capsys, extra):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() and not (tmp_path / "out-work").exists()
+
+
+def test_the_run_check_looks_again_each_time():
+    """check_run judges the pipelines as they are now (a remembered verdict would miss a change, and would keep
+    both pipelines alive)."""
+    from diffprune.distill import check_run
+
+    student, teacher = diffprune.load("random:tiny-pixart"), diffprune.load("random:tiny-pixart")
+    config = DistillConfig(steps=1)
+    assert check_run(student, teacher, config)  # the blocks pair up
+    student.transformer.to(torch.bfloat16)
+    with pytest.raises(DiffpruneError, match="train it in float32"):
+        check_run(student, teacher, config)

@@ -80,7 +80,6 @@ def check_pipelines(student, teacher=None) -> None:
         raise DiffpruneError("the student and the teacher share one denoiser object; pass a copy as the student")
 
 
-@functools.lru_cache(maxsize=4)
 def check_run(student, teacher, config: DistillConfig | None = None) -> list[tuple[str, str]]:
     """Everything :func:`distill` refuses, checked without training (a command checks it before it writes
     anything): the pipelines, what this machine offers for ``config``, and the feature sites. Returns the
@@ -97,6 +96,7 @@ def check_run(student, teacher, config: DistillConfig | None = None) -> list[tup
     return matched_sites(denoiser_of(student), denoiser_of(teacher), config.features, history_of(student))
 
 
+@functools.lru_cache(maxsize=4)
 def _order(seed: int, epoch: int, n: int) -> torch.Tensor:
     """The data order of one epoch (every epoch reshuffled from the seed)."""
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
