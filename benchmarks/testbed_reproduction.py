@@ -1,5 +1,6 @@
 """How closely a run of ``python -m diffprune.testbed.train`` reproduces the committed shapes testbed, tensor by
-tensor, while it runs or after it ends.
+tensor, while it runs or after it ends; with ``--reference``, also how two finished ``shapes-dit`` runs
+(``python -m diffprune.testbed.train_dit``) compare.
 
 Run: python benchmarks/testbed_reproduction.py RUN_DIR [--reference DIR]
 ``RUN_DIR`` is the run's output folder. A finished run is read from its ``evaluator.safetensors``, ``pipeline/``
@@ -22,7 +23,8 @@ from diffprune.testbed.assets import WEIGHTS_DIR
 
 COMPONENT_FILES = {"vae": "vae/diffusion_pytorch_model.safetensors",
                    "text_encoder": "text_encoder/model.safetensors",
-                   "unet": "unet/diffusion_pytorch_model.safetensors"}
+                   "unet": "unet/diffusion_pytorch_model.safetensors",
+                   "transformer": "transformer/diffusion_pytorch_model.safetensors"}
 
 
 def _run_state(run: Path) -> tuple[dict[str, dict], list[float] | None, float | None]:
@@ -33,7 +35,8 @@ def _run_state(run: Path) -> tuple[dict[str, dict], list[float] | None, float | 
     if (run / "training.json").is_file():  # finished
         log = json.loads((run / "training.json").read_text())
         for name, file in COMPONENT_FILES.items():
-            models[name] = load_file(str(run / "pipeline" / file))
+            if (run / "pipeline" / file).is_file():  # a U-Net or a transformer
+                models[name] = load_file(str(run / "pipeline" / file))
         return models, log.get("diffusion_loss_curve"), log.get("vae_scaling_factor")
     ckpt_path = run / "checkpoint.pt"
     if not ckpt_path.is_file():
@@ -71,7 +74,7 @@ def _compare(ours: dict, ref: dict) -> tuple[int, int, float, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="output folder of python -m diffprune.testbed.train")
+    parser.add_argument("run", type=Path, help="output folder of python -m diffprune.testbed.train (or train_dit)")
     parser.add_argument("--reference", type=Path, default=WEIGHTS_DIR,
                         help="folder to compare with (default: the committed weights)")
     args = parser.parse_args(argv)
@@ -81,10 +84,11 @@ def main(argv: list[str] | None = None) -> None:
     print("| model | identical tensors | largest difference | held by one side only |\n|---|---|---|---|")
     for name, tensors in models.items():
         file = "evaluator.safetensors" if name == "evaluator" else f"pipeline/{COMPONENT_FILES[name]}"
-        same, total, diff, unmatched = _compare(tensors, load_file(str(args.reference / file)))
+        reference = args.reference / file
+        same, total, diff, unmatched = _compare(tensors, load_file(str(reference)) if reference.is_file() else {})
         print(f"| {name} | {same} / {total} | {diff:.3g} | {unmatched} |")
     if scaling is not None:
-        print(f"VAE scaling factor: run {scaling!r}, reference {ref_log['vae_scaling_factor']!r}")
+        print(f"VAE scaling factor: run {scaling!r}, reference {ref_log.get('vae_scaling_factor')!r}")
     if curve:
         ref_curve = ref_log["diffusion_loss_curve"]
         agree = next((i for i, (a, b) in enumerate(zip(curve, ref_curve)) if a != b), min(len(curve), len(ref_curve)))
