@@ -303,6 +303,42 @@ def test_a_sana_transformer_file_loads_into_the_pipeline_of_its_config(tmp_path,
     assert main(["info", str(ckpt), "--config", str(config)]) == 0
 
 
+def test_a_sana_transformer_file_never_loads_the_transformer_of_its_config(tmp_path, offline_hub, monkeypatch):
+    """The config (a folder or a cached Hub id) gives the transformer's config and the other components; its own
+    transformer weights are neither read nor loaded, so a config whose transformer is a config alone serves."""
+    import huggingface_hub
+    from diffusers import SanaTransformer2DModel
+
+    reference = diffprune.load("random:tiny-sana", seed=5)
+    ckpt = tmp_path / "sana_transformer.safetensors"
+    save_file({k: v.contiguous() for k, v in _sana_original_layout(reference.transformer).items()}, ckpt)
+    other = diffprune.load("random:tiny-sana", seed=6)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    hub_repo = tmp_path / "cache" / "models--diffprune-test--sana"
+    folders = {"folder": tmp_path / "sana", "hub": hub_repo / "snapshots" / commit}
+    for folder in folders.values():
+        other.save_pretrained(folder)
+        for weights in (folder / "transformer").glob("*.safetensors"):
+            weights.unlink()  # only transformer/config.json is left
+    (hub_repo / "refs").mkdir()
+    (hub_repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the config's own transformer was loaded")
+
+    monkeypatch.setattr(SanaTransformer2DModel, "from_pretrained", refused)
+    for config in (str(folders["folder"]), "diffprune-test/sana"):
+        pipe = diffprune.load(ckpt, config=config)
+        a, b = reference.transformer.state_dict(), pipe.transformer.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert torch.equal(pipe.vae.decoder.conv_out.weight, other.vae.decoder.conv_out.weight)
+    with pytest.raises(DiffpruneError, match="is a Sana transformer, but config .* is a PixArtSigmaPipeline"):
+        pixart = tmp_path / "pixart"
+        diffprune.load("random:tiny-pixart").save_pretrained(pixart)
+        diffprune.load(ckpt, config=str(pixart))
+
+
 @pytest.mark.parametrize("arch", ["tiny-pixart", "tiny-flux"])
 def test_a_cached_hub_id_of_a_dit_loads_offline(arch, tmp_path, offline_hub):
     """A Hub id found in the Hugging Face cache (laid out as huggingface_hub lays it out) loads offline, checked."""

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "diffprune"
 #: lowest first; a module may import its own layer's modules and those of lower layers only
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "progress", "prompt_files", "history", "results", "anatomy", "_fs"),
-    ("archs", "measure", "testbed", "integrity", "precision"),
+    ("archs", "measure", "testbed", "integrity", "precision", "hub"),
     ("calibration", "conditioning", "formats", "io", "saving", "report"),
     ("weights", "layers", "tokens", "distill"),
     ("recipe",),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path, PurePosixPath
 
 import torch
@@ -33,6 +34,17 @@ def _component_bases() -> tuple[type, ...]:
     return (diffusers.ModelMixin, diffusers.SchedulerMixin, transformers.PreTrainedModel,
             transformers.PreTrainedTokenizerBase, transformers.ImageProcessingMixin,
             transformers.FeatureExtractionMixin, transformers.ProcessorMixin)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a user's file, or one clear :class:`DiffpruneError`."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DiffpruneError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DiffpruneError(f"{path} does not hold a JSON object")
+    return data
 
 
 def check_model_index(index: dict, where) -> None:

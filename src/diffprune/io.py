@@ -8,9 +8,7 @@ random weights of a published architecture.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -21,25 +19,20 @@ from diffprune.anatomy import model_components
 from diffprune.archs.family import SUPPORTED_PIPELINES, detect_family
 from diffprune.errors import DiffpruneError, first_line
 from diffprune.formats import load_stored_component
-from diffprune.integrity import check_complete, check_finite, check_model_index, check_no_code, verify_checksums
+from diffprune.hub import HUB_ID, checked_hub_index, find_hub_index, load_hub, offline
+from diffprune.integrity import (
+    check_complete,
+    check_finite,
+    check_model_index,
+    check_no_code,
+    read_json,
+    verify_checksums,
+)
 from diffprune.measure.runtime import reapply_runtime_patches
 from diffprune.precision import dtype_kwargs, one_precision, parse_dtype
 
 FORMAT_VERSION = 1
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DiffpruneError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise DiffpruneError(f"{path} does not hold a JSON object")
-    return data
 
 
 def parse_device(device: str | torch.device | None) -> torch.device | None:
@@ -97,10 +90,11 @@ def _load_component_folder(folder: Path, config: dict, dtype):
     return model.eval().requires_grad_(False)
 
 
-def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patches: bool = True):
+def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patches: bool = True,
+                          overrides: dict | None = None):
     from diffusers import DiffusionPipeline
 
-    index = _read_json(folder / "model_index.json")
+    index = read_json(folder / "model_index.json")
     cls_name = index.get("_class_name")
     if cls_name not in SUPPORTED_PIPELINES:
         raise DiffpruneError(f"unsupported model: {folder} is a {cls_name}; diffprune supports "
@@ -110,9 +104,9 @@ def _load_pipeline_folder(folder: Path, dtype, verify: bool = True, runtime_patc
     manifest = _read_manifest(folder)
     if manifest is not None and verify:
         verify_checksums(folder, manifest)
-    stored = {}
+    stored = dict(overrides or {})  # components already loaded: diffusers does not load them again
     for name in _listed_components(index):
-        module = load_stored_component(folder / name, dtype)
+        module = None if name in stored else load_stored_component(folder / name, dtype)
         if module is not None:
             stored[name] = module
     try:
@@ -134,7 +128,7 @@ def _read_manifest(folder: Path) -> dict | None:
     manifest_path = folder / MANIFEST
     if not manifest_path.exists():
         return None
-    manifest = _read_json(manifest_path)
+    manifest = read_json(manifest_path)
     if manifest.get("format") != "diffprune":
         return None  # e.g. a report's manifest: not a saved pipeline
     version = manifest.get("format_version")
@@ -194,19 +188,14 @@ def _load_single_file(path: Path, dtype, config: str | None):
     if cls_name == "SanaPipeline":
         return _load_sana_file(path, dtype, config)
     cls = getattr(diffusers, cls_name)
-    kwargs = dict(dtype_kwargs(dtype), local_files_only=_offline() or config is not None)
+    kwargs = dict(dtype_kwargs(dtype), local_files_only=offline() or config is not None)
     if config is not None:  # diffusers reads the component classes from its model_index.json: check it first
         folder = Path(config).expanduser()
         if (folder / "model_index.json").is_file():
-            check_model_index(_read_json(folder / "model_index.json"), folder / "model_index.json")
+            check_model_index(read_json(folder / "model_index.json"), folder / "model_index.json")
             check_no_code(folder)
-        elif _HUB_ID.match(config):
-            try:
-                _checked_hub_index(config, None, local_only=True)
-            except DiffpruneError:
-                raise
-            except Exception:  # not cached: diffusers reports that below, offline as it is
-                pass
+        elif HUB_ID.match(config):  # a cached Hub id is checked; one not cached diffusers reports below, offline
+            checked_hub_index(config, None, online=False)
         kwargs["config"] = config
     try:
         return cls.from_single_file(str(path), **kwargs)
@@ -220,87 +209,38 @@ def _load_single_file(path: Path, dtype, config: str | None):
 
 def _load_sana_file(path: Path, dtype, config: str | None):
     """A Sana transformer checkpoint (diffusers converts only the transformer from one file): the rest of the
-    pipeline, and the transformer's config, come from ``config``, loaded with every check a folder or Hub id gets."""
+    pipeline, and the transformer's config, come from ``config``, loaded with every check a folder or Hub id gets
+    (its own transformer is never loaded)."""
     from diffusers import SanaTransformer2DModel
 
     if config is None:
         raise DiffpruneError(f"{path} holds a Sana transformer only; pass config=<a Sana diffusers folder or "
                              "Hub id> for its config and the rest of the pipeline (CLI: --config)")
-    pipe = _load_source(config, dtype=dtype, device=None, component=None, seed=0, config=None, cache_dir=None,
-                        verify=True)
-    if type(pipe).__name__ != "SanaPipeline":
-        raise DiffpruneError(f"{path} is a Sana transformer, but config {config} is a {type(pipe).__name__}")
     folder = Path(config).expanduser()
+    if (folder / "model_index.json").is_file():
+        cls_name = read_json(folder / "model_index.json").get("_class_name")
+        where, revision, online = str(folder), None, False
+    elif HUB_ID.match(config):
+        revision, index, online = find_hub_index(config)
+        cls_name, where = index.get("_class_name"), config
+    else:
+        raise DiffpruneError(f"config {config} is neither a diffusers pipeline folder nor a Hub id")
+    if cls_name != "SanaPipeline":
+        raise DiffpruneError(f"{path} is a Sana transformer, but config {config} is a {cls_name}")
     try:
         transformer = SanaTransformer2DModel.from_single_file(
-            str(path), config=str(folder) if folder.is_dir() else config, subfolder="transformer",
-            local_files_only=True, **dtype_kwargs(dtype if dtype is not None else pipe.transformer.dtype))
+            str(path), config=where, subfolder="transformer", revision=revision, local_files_only=not online,
+            **dtype_kwargs(dtype if dtype is not None else torch.float32))  # diffusers' own default
     except Exception as e:  # shapes that do not match the config, a truncated file
         raise DiffpruneError(f"cannot load the Sana transformer in {path} with the config of {config}: "
                              f"{first_line(e)}") from None
-    pipe.register_modules(transformer=transformer)
+    overrides = {"transformer": transformer}
+    if revision is None:
+        pipe = _load_pipeline_folder(folder, dtype, verify=True, runtime_patches=False, overrides=overrides)
+    else:
+        pipe = load_hub(config, dtype, None, overrides=overrides)
     pipe._diffprune = {"source": str(path), "history": []}  # not the config's own record
     return pipe
-
-
-def _checked_hub_index(repo_id: str, cache_dir: str | None, local_only: bool,
-                       files: list[str] | None = None, revision: str | None = None) -> str:
-    """Fetch ``model_index.json`` of a Hub repository (or its cached copy), check it and the repository's code
-    files, and return the commit it came from (so what is loaded next is what was checked)."""
-    from huggingface_hub import hf_hub_download
-
-    index = Path(hf_hub_download(repo_id, "model_index.json", cache_dir=cache_dir, local_files_only=local_only,
-                                 revision=revision))
-    index_data = _read_json(index)
-    cls_name = index_data.get("_class_name")
-    if cls_name not in SUPPORTED_PIPELINES:  # refuse before downloading gigabytes
-        raise DiffpruneError(f"unsupported model: '{repo_id}' is a {cls_name}; diffprune supports "
-                             f"{', '.join(SUPPORTED_PIPELINES)}")
-    check_model_index(index_data, f"{repo_id}/model_index.json")
-    check_no_code(index.parent, files)  # the cached snapshot, or the repository's full file list
-    return index.parent.name  # snapshots/<commit>/model_index.json
-
-
-def _load_hub(repo_id: str, dtype, cache_dir: str | None):
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as dlogging
-    from huggingface_hub import model_info
-
-    verbosity = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # diffusers otherwise logs each failed connection attempt
-    try:
-        for local_only in (True, False):
-            files, revision = None, None
-            if not local_only:
-                if _offline():
-                    raise DiffpruneError(f"'{repo_id}' is not a local folder and not in the Hugging Face cache, "
-                                         "and HF_HUB_OFFLINE is set; download it where the Hub is reachable")
-                try:  # one quick request: file downloads would retry an unreachable Hub with back-off
-                    info = model_info(repo_id)
-                except Exception as e:
-                    raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the "
-                                         "Hugging Face cache, and the Hub did not answer "
-                                         f"({first_line(e)})") from None
-                files, revision = [s.rfilename for s in info.siblings or []], info.sha
-            try:
-                commit = _checked_hub_index(repo_id, cache_dir, local_only, files, revision)
-            except DiffpruneError:
-                raise
-            except Exception as e:
-                if local_only:
-                    continue
-                raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the Hugging "
-                                     f"Face cache, and the Hub did not provide it ({first_line(e)})") from None
-            try:
-                return DiffusionPipeline.from_pretrained(repo_id, cache_dir=cache_dir, local_files_only=local_only,
-                                                         revision=commit, **dtype_kwargs(dtype))
-            except Exception as e:
-                if local_only:
-                    continue  # partly cached: let the Hub complete it
-                raise DiffpruneError(f"cannot load '{repo_id}': {first_line(e)}") from None
-    finally:
-        dlogging.set_verbosity(verbosity)
-    raise AssertionError("unreachable")
 
 
 def load(source: str | os.PathLike, *, dtype: str | torch.dtype | None = None,
@@ -366,12 +306,12 @@ def _load_source(source, *, dtype, device, component, seed, config, cache_dir, v
                 verify_checksums(path.resolve().parent, parent_manifest, only=path.resolve().name)
             model = load_stored_component(path, dtype)
             if model is None:
-                model = _load_component_folder(path, _read_json(path / "config.json"), dtype)
+                model = _load_component_folder(path, read_json(path / "config.json"), dtype)
             return model.to(device) if device else model
         else:
             raise DiffpruneError(f"{path} is not a diffusers model folder (no model_index.json or config.json)")
-    elif _HUB_ID.match(text) and not text.startswith((".", "/", "~")):
-        pipe = _load_hub(text, dtype, cache_dir)
+    elif HUB_ID.match(text) and not text.startswith((".", "/", "~")):
+        pipe = load_hub(text, dtype, cache_dir)
     else:
         raise DiffpruneError(f"no such file or folder: {text} (and it is not a Hub id like 'org/name')")
     return _finish(pipe, source=text, component=component, device=device, dtype=dtype)
