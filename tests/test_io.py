@@ -328,15 +328,17 @@ def test_a_sana_transformer_file_never_loads_the_transformer_of_its_config(tmp_p
         raise AssertionError("the config's own transformer was loaded")
 
     monkeypatch.setattr(SanaTransformer2DModel, "from_pretrained", refused)
-    for config in (str(folders["folder"]), "diffprune-test/sana"):
+    for config in (str(folders["folder"]), str(folders["folder"] / "model_index.json"), "diffprune-test/sana"):
         pipe = diffprune.load(ckpt, config=config)
         a, b = reference.transformer.state_dict(), pipe.transformer.state_dict()
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         assert torch.equal(pipe.vae.decoder.conv_out.weight, other.vae.decoder.conv_out.weight)
+    pixart = tmp_path / "pixart"
+    diffprune.load("random:tiny-pixart").save_pretrained(pixart)
     with pytest.raises(DiffpruneError, match="is a Sana transformer, but config .* is a PixArtSigmaPipeline"):
-        pixart = tmp_path / "pixart"
-        diffprune.load("random:tiny-pixart").save_pretrained(pixart)
         diffprune.load(ckpt, config=str(pixart))
+    with pytest.raises(DiffpruneError, match="neither a diffusers pipeline folder nor a Hub id"):
+        diffprune.load(ckpt, config=str(tmp_path / "no" / "such" / "folder"))
 
 
 @pytest.mark.parametrize("arch", ["tiny-pixart", "tiny-flux"])

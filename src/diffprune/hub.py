@@ -36,20 +36,21 @@ def _quiet_diffusers():
         dlogging.set_verbosity(verbosity)
 
 
-def checked_hub_index(repo_id: str, cache_dir: str | None, *, online: bool) -> tuple[str, dict] | None:
+def checked_hub_index(repo_id: str, cache_dir: str | None, *, online: bool,
+                      revision: str | None = None) -> tuple[str, dict] | None:
     """The commit and ``model_index.json`` of a Hub repository, checked (a supported pipeline, library classes
     only, no code files). ``online=False`` reads the cache only and returns None when the repository is not
     there; ``online=True`` asks the Hub (one quick request for the file list first) and raises
-    :class:`DiffpruneError` when it cannot."""
+    :class:`DiffpruneError` when it cannot. ``revision``: a commit (default: the newest)."""
     from huggingface_hub import hf_hub_download, model_info
 
-    files, revision = None, None
+    files = None
     if online:
         if offline():
             raise DiffpruneError(f"'{repo_id}' is not a local folder and not in the Hugging Face cache, "
                                  "and HF_HUB_OFFLINE is set; download it where the Hub is reachable")
         try:  # file downloads would retry an unreachable Hub with back-off
-            info = model_info(repo_id)
+            info = model_info(repo_id, revision=revision)
         except Exception as e:
             raise DiffpruneError(f"cannot load '{repo_id}': no local folder of that name, not in the Hugging Face "
                                  f"cache, and the Hub did not answer ({first_line(e)})") from None
@@ -81,14 +82,16 @@ def find_hub_index(repo_id: str, cache_dir: str | None = None) -> tuple[str, dic
         return (*checked_hub_index(repo_id, cache_dir, online=True), True)
 
 
-def load_hub(repo_id: str, dtype, cache_dir: str | None, overrides: dict | None = None):
+def load_hub(repo_id: str, dtype, cache_dir: str | None, overrides: dict | None = None,
+             revision: str | None = None):
     """The pipeline of a Hub id, checked first. ``overrides`` are components already loaded (e.g. a transformer
-    converted from a single file): diffusers neither loads nor downloads those."""
+    converted from a single file): diffusers neither loads nor downloads those. ``revision``: the commit a caller
+    already checked with :func:`find_hub_index` (so the components it loaded and the rest come from one commit)."""
     from diffusers import DiffusionPipeline
 
     with _quiet_diffusers():
         for online in (False, True):
-            found = checked_hub_index(repo_id, cache_dir, online=online)
+            found = checked_hub_index(repo_id, cache_dir, online=online, revision=revision)
             if found is None:
                 continue
             try:

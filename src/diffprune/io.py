@@ -217,28 +217,42 @@ def _load_sana_file(path: Path, dtype, config: str | None):
         raise DiffpruneError(f"{path} holds a Sana transformer only; pass config=<a Sana diffusers folder or "
                              "Hub id> for its config and the rest of the pipeline (CLI: --config)")
     folder = Path(config).expanduser()
-    if (folder / "model_index.json").is_file():
-        cls_name = read_json(folder / "model_index.json").get("_class_name")
+    if folder.name == "model_index.json" and folder.is_file():
+        folder = folder.parent
+    if (folder / "model_index.json").is_file():  # every check a folder gets, before anything of it is read
+        index = read_json(folder / "model_index.json")
+        if index.get("_class_name") == "SanaPipeline":
+            check_model_index(index, folder / "model_index.json")
+            check_no_code(folder)
+            manifest = _read_manifest(folder)
+            if manifest is not None:
+                verify_checksums(folder, manifest)
         where, revision, online = str(folder), None, False
     elif HUB_ID.match(config):
         revision, index, online = find_hub_index(config)
-        cls_name, where = index.get("_class_name"), config
+        where = config
     else:
         raise DiffpruneError(f"config {config} is neither a diffusers pipeline folder nor a Hub id")
-    if cls_name != "SanaPipeline":
-        raise DiffpruneError(f"{path} is a Sana transformer, but config {config} is a {cls_name}")
-    try:
-        transformer = SanaTransformer2DModel.from_single_file(
-            str(path), config=where, subfolder="transformer", revision=revision, local_files_only=not online,
-            **dtype_kwargs(dtype if dtype is not None else torch.float32))  # diffusers' own default
-    except Exception as e:  # shapes that do not match the config, a truncated file
-        raise DiffpruneError(f"cannot load the Sana transformer in {path} with the config of {config}: "
-                             f"{first_line(e)}") from None
+    if index.get("_class_name") != "SanaPipeline":
+        raise DiffpruneError(f"{path} is a Sana transformer, but config {config} is a {index.get('_class_name')}")
+    kwargs = dict(config=where, subfolder="transformer", config_revision=revision,
+                  **dtype_kwargs(dtype if dtype is not None else torch.float32))  # diffusers' own default
+    # a Hub config cached without its transformer/config.json: the Hub completes it, where it may be asked
+    attempts = (False, True) if revision is not None and not online and not offline() else (online,)
+    for i, attempt_online in enumerate(attempts):
+        try:
+            transformer = SanaTransformer2DModel.from_single_file(str(path), local_files_only=not attempt_online,
+                                                                  **kwargs)
+            break
+        except Exception as e:  # shapes that do not match the config, a truncated file, a config not cached
+            if i + 1 == len(attempts):
+                raise DiffpruneError(f"cannot load the Sana transformer in {path} with the config of {config}: "
+                                     f"{first_line(e)}") from None
     overrides = {"transformer": transformer}
     if revision is None:
-        pipe = _load_pipeline_folder(folder, dtype, verify=True, runtime_patches=False, overrides=overrides)
+        pipe = _load_pipeline_folder(folder, dtype, verify=False, runtime_patches=False, overrides=overrides)
     else:
-        pipe = load_hub(config, dtype, None, overrides=overrides)
+        pipe = load_hub(config, dtype, None, overrides=overrides, revision=revision)
     pipe._diffprune = {"source": str(path), "history": []}  # not the config's own record
     return pipe
 
