@@ -41,7 +41,7 @@ class DitTrainConfig(TimestepDraws):
     arch: DitArch = field(default_factory=DitArch)
     two_object_prob: float = 0.4
     images: int = 30_000
-    steps: int = 9_000
+    steps: int = 18_000
     batch: int = 32
     lr: float = 1e-3
     warmup_steps: int = 200
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m diffprune.testbed.train_dit",
                                      description=__doc__.split("\n\n")[0])
     add_run_options(parser, "the trained DiT testbed")
-    parser.add_argument("--steps", type=int, help="training steps (default 9000)")
+    parser.add_argument("--steps", type=int, help="training steps (default 18000)")
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
     parser.add_argument("--width", type=int, help="transformer width (default 128)")
     parser.add_argument("--layers", type=int, help="transformer blocks (default 8)")
